@@ -1,0 +1,69 @@
+# RAFT toolkit. `make demo` and `make test` bootstrap everything on first use (.venv, default model and prompts).
+# Per-round targets take ROUND=n, EXP=pipelines/<experiment>.yaml, K=<samples per prompt>, B=<prompts per round>,
+# and ARGS="section.key=value ..." for any other config override.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A loose torch requirement pulls a multi-GB CUDA build; pin it in the same pip command as everything else.
+TORCH_SPEC ?= torch==2.13.0
+EXP ?= pipelines/imdb_positive.yaml
+ROUND ?= 0
+ARGS ?=
+OVERRIDES := $(if $(K),generate.n_samples=$(K)) $(if $(B),prompts.n_prompts=$(B)) $(ARGS)
+STAGE_ARGS = --config $(EXP) --round $(ROUND) $(if $(FORCE),--force) $(OVERRIDES)
+PYTEST_ARGS ?=
+
+.PHONY: setup test lint format demo generate score select sft round status clean help
+
+help:
+	@echo "make demo                 run the default experiment (first use: venv, model, prompts)"
+	@echo "make test                 run the test suite (CPU, offline)"
+	@echo "make round ROUND=n        generate, score, select and sft for round n (EXP=, K=, B=, ARGS=, FORCE=1)"
+	@echo "make generate|score|select|sft|status ROUND=n   one stage of round n"
+	@echo "make lint                 ruff check + ruff format --check"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets]"
+	touch $@
+
+assets/.ready: $(VENV)/.installed raft_data/assets.py
+	$(PY) -m raft_data.assets --dest assets
+	touch $@
+
+setup: $(VENV)/.installed assets/.ready
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+generate: setup
+	$(VENV)/bin/raft-data generate $(STAGE_ARGS)
+
+score: setup
+	$(VENV)/bin/raft-data score $(STAGE_ARGS)
+
+select: setup
+	$(VENV)/bin/raft-data select $(STAGE_ARGS)
+
+sft: setup
+	$(VENV)/bin/raft-sft train $(STAGE_ARGS)
+
+status: setup
+	@$(VENV)/bin/raft-data status --config $(EXP) --round $(ROUND) $(OVERRIDES)
+
+round: generate score select sft status
+
+demo: setup
+	$(MAKE) --no-print-directory round ROUND=0
+
+clean:
+	rm -rf runs

@@ -1,0 +1,3 @@
+from raft_data.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""Generation backends. A backend is a function that loads a model once and returns a `SampleFn`:
+
+    sample(prompts: list[str], seed: int) -> list[list[Completion]]   # K completions per prompt, in prompt order
+
+The generate stage calls it once per shard with the shard's seed, so a shard's samples depend only on its prompts,
+the config and its seed, never on which worker ran it or which shards ran before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from raft_data.config import GenerateConfig, ModelConfig
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int  # generated tokens, the end-of-sequence token included
+    truncated: bool  # stopped by max_new_tokens
+
+
+SampleFn = Callable[[list[str], int], list[list[Completion]]]
+
+
+class ModelLoadError(ValueError):
+    """The model path does not hold a usable model."""
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("generate.device='cuda' but no CUDA device is visible")
+    return name
+
+
+def load_tokenizer_and_model(path: str, model_cfg: ModelConfig, device: str):
+    """Load a local save_pretrained folder; remote code runs only when model.trust_remote_code is true."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"model path {path!r} is not a model folder (no config.json); run `make setup` first?")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"model path {path!r} could not be loaded: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.to(device).eval()
+
+
+def stop_token_ids(tokenizer, model) -> set[int]:
+    """Every id that ends a sequence: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """Batched, left-padded sampling with `generate`, with exactly the configured sampling settings."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = resolve_device(cfg.device)
+    tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, device)
+    tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer, model)
+    greedy = cfg.temperature == 0
+    # A fresh GenerationConfig, so nothing from the model's generation_config.json (or transformers' top_k=50
+    # default) leaks in: every sampling knob is set here from our config.
+    gen_cfg = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else cfg.temperature,
+        top_p=None if greedy else cfg.top_p,
+        top_k=None if greedy else cfg.top_k,
+        max_new_tokens=cfg.max_new_tokens,
+        num_return_sequences=cfg.n_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(stops),
+    )
+    model.generation_config = gen_cfg
+
+    @torch.inference_mode()
+    def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
+        torch.manual_seed(seed)
+        out: list[list[Completion]] = []
+        for start in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[start : start + cfg.batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            seqs = model.generate(**enc, generation_config=gen_cfg)
+            new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
+            for p in range(len(batch)):
+                out.append([_completion(tokenizer, new[p * cfg.n_samples + k], stops) for k in range(cfg.n_samples)])
+        return out
+
+    return sample
+
+
+def _completion(tokenizer, ids: list[int], stops: set[int]) -> Completion:
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    body = ids if end is None else ids[:end]
+    return Completion(
+        text=tokenizer.decode(body, skip_special_tokens=True),
+        n_tokens=len(ids) if end is None else end + 1,
+        truncated=end is None,
+    )
+
+
+BACKENDS: dict[str, Callable[[str, ModelConfig, GenerateConfig], SampleFn]] = {
+    "transformers": transformers_backend,
+}

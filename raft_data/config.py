@@ -1,0 +1,278 @@
+"""Experiment configuration: one typed dataclass per stage, loaded from one YAML file per experiment.
+
+Precedence: dataclass defaults < YAML file < `section.key=value` overrides from the command line.
+An unknown key or a bad value is a `ConfigError` that names the key and the value.
+
+Run as:
+    python -m raft_data.config pipelines/imdb_positive.yaml generate.n_samples=8   # print the resolved config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key that cannot be used; the message names it."""
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stage configs. Defaults follow the RAFT paper where it says something (temperature 1.0, top-p 1.0, best-of-K).
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    output_root: str = "runs"  # rounds go to <output_root>/<name>/round-NNNN/
+    seed: int = 0  # the root of every other seed: prompt draws, sampling, SFT
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.name) and "/" not in self.name, "experiment.name", self.name, "a non-empty name without '/'"
+        )
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # G0, the base model: a local save_pretrained folder
+    trust_remote_code: bool = False  # never on unless asked for
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name_or_path), "model.name_or_path", self.name_or_path, "a model folder")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype, "float32|bfloat16|float16"
+        )
+
+
+@dataclass
+class PromptsConfig:
+    # where the prompts come from
+    path: str = ""  # a .jsonl, .parquet or .csv file, or a `datasets` id (needs the network)
+    split: str = "train"  # for a `datasets` id
+    prompt_column: str = "prompt"
+    id_column: str | None = None  # None: prompt_id is a hash of the prompt text
+    # how many per round, and what is kept aside
+    n_prompts: int = 32  # b: prompts drawn per round (seed differs per round)
+    heldout_fraction: float = 0.1  # share of the source never trained on, chosen by prompt_id hash
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "prompts.path", self.path, "a prompts file")
+        _require(self.n_prompts >= 1, "prompts.n_prompts", self.n_prompts, ">= 1")
+        _require(0.0 <= self.heldout_fraction < 1.0, "prompts.heldout_fraction", self.heldout_fraction, "in [0, 1)")
+
+
+@dataclass
+class GenerateConfig:
+    backend: str = "transformers"
+    # sampling
+    n_samples: int = 4  # K: samples per prompt
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k (transformers would otherwise apply 50)
+    max_new_tokens: int = 48
+    # execution
+    batch_size: int = 16  # prompts per forward batch (each expanded K ways)
+    n_shards: int = 4  # part of the config hash: cannot change on a relaunch
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
+        _require(
+            self.temperature >= 0 and math.isfinite(self.temperature), "generate.temperature", self.temperature, ">= 0"
+        )
+        _require(0 < self.top_p <= 1, "generate.top_p", self.top_p, "in (0, 1]")
+        _require(self.top_k >= 0, "generate.top_k", self.top_k, ">= 0")
+        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", self.max_new_tokens, ">= 1")
+        _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
+        _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
+
+
+@dataclass
+class ScoreConfig:
+    reward: str = "vader"  # a built-in name (see raft_data.rewards.BUILTIN) or "module:function"
+    text: str = "prompt_completion"  # what the reward reads: prompt_completion | completion
+
+    def __post_init__(self) -> None:
+        _require(bool(self.reward), "score.reward", self.reward, "a reward name or module:function")
+        _require(
+            self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
+        )
+
+
+@dataclass
+class SelectConfig:
+    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/
+
+    def __post_init__(self) -> None:
+        _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig
+    model: ModelConfig
+    prompts: PromptsConfig
+    generate: GenerateConfig
+    score: ScoreConfig
+    select: SelectConfig
+    # TRL SFTConfig fields, passed through as they are (checked against SFTConfig when training starts).
+    sft: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {
+    "experiment": ExperimentConfig,
+    "model": ModelConfig,
+    "prompts": PromptsConfig,
+    "generate": GenerateConfig,
+    "score": ScoreConfig,
+    "select": SelectConfig,
+}
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Building a Config from plain data, with type checks.
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check `value` against a field annotation; ints are accepted where floats are expected."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is dict or annotation is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a mapping")
+        return dict(value)
+    if origin is list or annotation is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a list")
+        return list(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a number")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} is invalid: expected an integer")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is invalid: expected true or false")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} is invalid: expected a string")
+        return value
+    return value
+
+
+def _build_section(name: str, cls: type, data: dict[str, Any]) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown key {name}.{unknown[0]}: {name} takes {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(f"{name}.{k}", v, hints[k]) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested plain data (as read from YAML)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(SECTIONS) - {"sft"})
+    if unknown:
+        raise ConfigError(f"unknown section {unknown[0]!r}: sections are {', '.join([*SECTIONS, 'sft'])}")
+    for name in [*SECTIONS, "sft"]:
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise ConfigError(f"section {name}={data[name]!r} is invalid: expected a mapping")
+    sections = {name: _build_section(name, cls, data.get(name) or {}) for name, cls in SECTIONS.items()}
+    return Config(**sections, sft=dict(data.get("sft") or {}))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`generate.n_samples=8` -> (["generate", "n_samples"], 8). Values are read as YAML scalars."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key or key.count(".") != 1:
+        raise ConfigError(f"override {text!r} is invalid: expected section.key=value, e.g. generate.n_samples=8")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults < YAML file < overrides. Relative paths in the file stay relative to the working directory."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+    for text in overrides:
+        (section, key), value = parse_override(text)
+        if section not in SECTIONS and section != "sft":
+            raise ConfigError(f"unknown section in override {text!r}: sections are {', '.join([*SECTIONS, 'sft'])}")
+        data.setdefault(section, {})
+        if data[section] is None:
+            data[section] = {}
+        data[section][key] = value
+    return config_from_dict(data)
+
+
+def config_hash(data: Any) -> str:
+    """A short, stable hash of JSON-able data (sorted keys), used to refuse mixing artifacts of two configs."""
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m raft_data.config CONFIG.yaml [section.key=value ...]  # print the resolved config")
+        return
+    print(load_config(argv[0], argv[1:]).to_yaml(), end="")
+
+
+if __name__ == "__main__":
+    main()
