@@ -183,7 +183,7 @@ def begin_stage(
     if old_hash is not None and old_hash != chash:
         raise StageError(
             f"{folder} was made with another config (hash {old_hash}, now {chash}); to start this stage over "
-            f"and drop its old rows, rerun with --force (add --round {round_idx}), or set experiment.name to a new name"
+            f"and drop its old rows, rerun with --force (and --round {round_idx}), or set a new experiment.name"
         )
     if manifest.exists():
         return StageRun(folder, config, chash, time.time(), done=True)

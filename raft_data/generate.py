@@ -98,7 +98,8 @@ def generate(cfg: Config, round_idx: int, force: bool = False) -> dict:
 
 def samples_table(prompts: pa.Table, completions: list, generator: str, seed: int, round_idx: int) -> pa.Table:
     rows: dict[str, list] = {name: [] for name in schemas.SAMPLES.names}
-    for pid, prompt, comps in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), completions):
+    ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
+    for pid, prompt, comps in zip(ids, texts, completions, strict=True):
         for k, c in enumerate(comps):
             rows["prompt_id"].append(pid)
             rows["sample_idx"].append(k)

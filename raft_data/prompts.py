@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     table = draw_round_prompts(cfg.prompts, cfg.experiment.seed, args.round)
-    for pid, prompt in zip(table["prompt_id"].to_pylist(), table["prompt"].to_pylist()):
+    for pid, prompt in zip(table["prompt_id"].to_pylist(), table["prompt"].to_pylist(), strict=True):
         print(f"{pid}\t{prompt}")
 
 

@@ -22,7 +22,7 @@ def _vader():
 def vader(prompts: list[str], completions: list[str]) -> list[float]:
     """VADER compound sentiment in [-1, 1] of the whole review: prompt followed by completion."""
     analyzer = _vader()
-    return [analyzer.polarity_scores(p + c)["compound"] for p, c in zip(prompts, completions)]
+    return [analyzer.polarity_scores(p + c)["compound"] for p, c in zip(prompts, completions, strict=True)]
 
 
 def vader_completion(prompts: list[str], completions: list[str]) -> list[float]:
