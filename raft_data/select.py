@@ -162,7 +162,7 @@ def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckd
 
 
 def check_rank_by(con: duckdb.DuckDBPyConnection, rank_by: str) -> None:
-    columns = {name: kind for name, kind, *_ in con.execute("describe scores").fetchall()}
+    columns = {name: kind for name, kind, *_ in con.execute("describe raw_scores").fetchall() if name != "filename"}
     if rank_by not in columns:
         names = ", ".join(c for c in columns if c not in ("prompt_id", "sample_idx", "round"))
         raise ConfigError(f"select.rank_by={rank_by!r} is not a column of scores/: choose from {names}")
@@ -188,8 +188,8 @@ def define_views(con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int) ->
     """settings, pool, guards and candidates views on `con`; returns the bound parameters."""
     params = select_params(cfg, round_idx)
     run_script(con, view_sql("settings"), params, "settings.sql")
-    run_script(con, view_sql("pool"), params, "pool.sql")
     check_rank_by(con, cfg.select.rank_by)
+    run_script(con, view_sql("pool"), params, "pool.sql")
     run_script(con, view_sql("guards"), params, "guards.sql")
     text = candidates_view(cfg.select.where, cfg.select.qualify)
     key = "select.where/select.qualify"
@@ -433,6 +433,8 @@ def round_connection(cfg: Config, round_idx: int) -> duckdb.DuckDBPyConnection:
     selected = rdir / artifacts.STAGE_FOLDERS["select"]
     if (selected / "manifest.json").exists():
         con.read_parquet([str(p) for p in artifacts.shard_files(selected)]).create_view("selected")
+    else:
+        run_script(con, view_sql("no_selected"), {}, "no_selected.sql")
     return con
 
 

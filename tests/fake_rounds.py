@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raft_data import artifacts, schemas
 from raft_data.config import Config, config_from_dict
@@ -44,6 +45,7 @@ def random_rows(rng: random.Random, round_idx: int, n_prompts: int, k: int, leve
                     "truncated": rng.random() < 0.3,
                     "reward": rng.randrange(levels) / 2 - 0.5,
                     "kl_free": rng.random(),
+                    "round": round_idx,
                 }
             )
     return rows
@@ -62,6 +64,8 @@ def write_round(cfg: Config, round_idx: int, rows: list[dict], n_shards: int = 2
             data |= {"source": ["policy"] * len(part), "generator": ["fake"] * len(part), "seed": [0] * len(part)}
             data |= {"round": [round_idx] * len(part)}
             table = pa.table({name: data[name] for name in schema.names}, schema=schema)
-            artifacts.write_parquet(table, folder / artifacts.shard_name(s, n_shards), schema)
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / artifacts.shard_name(s, n_shards))  # no fsync: test data
         manifest = {"stage": stage, "round": round_idx, "config_hash": f"{stage}-{round_idx}", "config": {}}
+        manifest["counts"] = {"rows": len(rows), "shards": n_shards}
         artifacts.write_json(manifest, folder / "manifest.json")

@@ -16,8 +16,10 @@ truncated_guard as (
 
 empty_guard as (
     select * replace (
-        coalesce(dropped_by, case when getvariable('drop_empty') and trim(completion) = '' then 'empty' end)
-            as dropped_by
+        coalesce(
+            dropped_by,
+            case when getvariable('drop_empty') and regexp_full_match(completion, '\s*') then 'empty' end
+        ) as dropped_by
     )
     from truncated_guard
 ),
