@@ -17,6 +17,10 @@ selected_rows as (
     select 3 as position, 'selected' as rows, reward from selected
 ),
 
+set_names as (
+    select * from (values (1, 'all samples'), (2, 'best of K'), (3, 'selected')) as names (position, rows)
+),
+
 reward_sets as (
     select * from all_samples
     union all
@@ -27,6 +31,7 @@ reward_sets as (
 
 final as (
     select
+        position,
         rows,
         count(reward) as n,
         min(reward) as min,
@@ -37,9 +42,10 @@ final as (
         quantile_cont(reward, 0.9) as p90,
         max(reward) as max,
         avg(reward) as mean
-    from reward_sets
+    from set_names
+    left join reward_sets using (position, rows)
     group by position, rows
 )
 
-select * from final
-order by rows
+select * exclude (position) from final
+order by position
