@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         description="Run a DuckDB select query over a round (views samples, scores, scored, guarded, candidates, "
         "selected, prompts) and print the result.",
     )
-    parser.add_argument("query", help="one select statement, e.g. \"select count(*) from samples\"")
+    parser.add_argument("query", help='one select statement, e.g. "select count(*) from samples"')
     parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     parser.add_argument("--round", type=int, default=0, help="round index (default: 0)")
     parser.add_argument("--max-rows", type=int, default=40, help="rows to print (default: 40)")

@@ -88,6 +88,7 @@ def select_params(cfg: Config, round_idx: int) -> dict[str, Any]:
         "alpha": s.alpha if s.alpha is not None else 1.0 / cfg.generate.n_samples,
         "tau": s.tau,
         "rank_by": s.rank_by,
+        "pooled": s.strategy in ALL_ROUNDS,
         "drop_truncated": s.drop_truncated,
         "drop_empty": s.drop_empty,
         "drop_duplicates": s.drop_duplicates,
@@ -236,30 +237,33 @@ def check_selected(
     missing = [name for name in schemas.SELECTED.names if name not in table.column_names]
     if missing:
         raise DataError(f"{where}: the selection has no column {missing[0]!r}; it needs {schemas.SELECTED.names}")
-    n_samples, n_prompts, n_scores = fetch_row(
-        con,
-        "select (select count(*) from samples), (select count(distinct prompt_id) from samples where round = $r), "
-        "(select count(*) from scores)",
-        {"r": params["round"]},
+    n_samples, n_scores = fetch_row(
+        con, "select (select count(*) from raw_samples), (select count(*) from raw_scores)"
     )
     if n_scores != n_samples:
         raise DataError(f"{where}: {n_scores} scores for {n_samples} samples; rerun `raft-data score --force`")
     con.register("selected_rows", table.select(schemas.SELECTED.names))
     try:
-        row = con.execute(view_sql("checks"), {"round": params["round"]}).fetchall()[0]
-        names = [d[0] for d in con.description]
+        result = con.execute(view_sql("checks"), {"round": params["round"]})
+        c = dict(zip([d[0] for d in result.description], result.fetchall()[0], strict=True))
+        if strategy == "custom":
+            c["n_not_scored"] = fetch_row(con, view_sql("checks_custom"))[0]
     finally:
         con.unregister("selected_rows")
-    c = dict(zip(names, row, strict=True))
     n_rows = c["n_rows"]
+    if c["n_misaligned"]:
+        raise DataError(
+            f"{where}: {c['n_misaligned']} scores rows do not line up with their samples rows "
+            "(prompt_id, sample_idx); rerun `raft-data score --force`"
+        )
     if c["n_null_ids"] or c["n_null_rewards"]:
         raise DataError(f"{where}: {c['n_null_ids']} null prompt_id and {c['n_null_rewards']} null reward rows")
     if c["n_distinct_samples"] != n_rows:
         raise DataError(f"{where}: the selection repeats a sample ({n_rows} rows, {c['n_distinct_samples']} samples)")
-    if c["n_not_in_pool"]:
-        raise DataError(f"{where}: {c['n_not_in_pool']} selected rows are not scored samples (or changed the reward)")
-    if strategy != "custom" and c["n_not_candidates"]:
-        raise DataError(f"{where}: {c['n_not_candidates']} selected rows did not pass the guards")
+    if strategy == "custom" and c["n_not_scored"]:
+        raise DataError(f"{where}: {c['n_not_scored']} selected rows are not scored samples (or changed the reward)")
+    if strategy != "custom" and c["n_selected_candidates"] != n_rows:
+        raise DataError(f"{where}: {n_rows - c['n_selected_candidates']} selected rows are not candidates")
     if strategy in ONE_PER_PROMPT:
         if c["n_prompts"] != n_rows:
             raise DataError(f"{where}: the selection repeats a prompt_id ({n_rows} rows, {c['n_prompts']} prompts)")
@@ -269,11 +273,8 @@ def check_selected(
         raise DataError(f"{where}: a prompt has {c['max_per_prompt']} rows, more than select.n={cfg.select.n}")
     if strategy == "global_top" and n_rows != math.ceil(params["alpha"] * c["n_candidates"] - 1e-9):
         raise DataError(f"{where}: {n_rows} rows, expected alpha={params['alpha']} of {c['n_candidates']}")
-    if strategy != "custom" and n_rows > c["n_candidates"]:
-        raise DataError(f"{where}: {n_rows} rows for {c['n_candidates']} candidates")
     return {
         "samples": n_samples,
-        "prompts": n_prompts,
         "candidates": c["n_candidates"],
         "selected": n_rows,
         "selected_prompts": c["n_prompts"],
@@ -367,7 +368,9 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         "select": cfg.select.__dict__,
         "alpha": select_params(cfg, round_idx)["alpha"],
         "sql": sql,
-        "views": {name: view_sql(name) for name in ("settings", "pool", "guards", "checks", "messages")},
+        "views": {
+            name: view_sql(name) for name in ("settings", "pool", "guards", "checks", "checks_custom", "messages")
+        },
         "inputs": inputs,
         "round": round_idx,
     }
@@ -382,6 +385,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         params = define_views(con, cfg, round_idx)
         table = run_query(con, sql, params, f"select.strategy={cfg.select.strategy!r}")
         counts = check_selected(con, table, cfg, params, where)
+        counts = {"prompts": manifests[round_idx][0]["counts"].get("prompts"), **counts}
         dropped = dropped_counts(con, cfg)
         mean_all = fetch_row(con, "select avg(reward) from scores where round = $r", {"r": round_idx})[0]
         mean_selected = pc.mean(table["reward"]).as_py() if table.num_rows else None

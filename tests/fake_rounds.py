@@ -67,5 +67,5 @@ def write_round(cfg: Config, round_idx: int, rows: list[dict], n_shards: int = 2
             folder.mkdir(parents=True, exist_ok=True)
             pq.write_table(table, folder / artifacts.shard_name(s, n_shards))  # no fsync: test data
         manifest = {"stage": stage, "round": round_idx, "config_hash": f"{stage}-{round_idx}", "config": {}}
-        manifest["counts"] = {"rows": len(rows), "shards": n_shards}
+        manifest["counts"] = {"prompts": len({r["prompt_id"] for r in rows}), "rows": len(rows), "shards": n_shards}
         artifacts.write_json(manifest, folder / "manifest.json")

@@ -326,3 +326,15 @@ def test_changing_the_sql_file_is_another_config(tmp_path: Path) -> None:
     sql.write_text("select * from candidates where reward > 0.5")
     with pytest.raises(StageError, match="made with another config"):
         select(cfg, 0)
+
+
+def test_scores_out_of_line_with_samples_are_refused(tmp_path: Path) -> None:
+    """scored pairs samples and scores by position; a scores shard in another row order must not slip through."""
+    cfg = fake_config(tmp_path)
+    write_round(cfg, 0, random_rows(random.Random(2), 0, 8, 3), n_shards=1)
+    path = artifacts.shard_files(artifacts.round_dir(cfg, 0) / "scores")[0]
+    table = pq.read_table(path)
+    pq.write_table(table.take(list(range(table.num_rows))[::-1]), path)
+    with pytest.raises(DataError, match="scores rows do not line up with their samples rows"):
+        select(cfg, 0)
+    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()

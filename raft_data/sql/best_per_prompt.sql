@@ -7,13 +7,24 @@ with candidate_rows as (
 ),
 
 best as (
-    select *
+    -- the same rows as `qualify row_number() over (partition by prompt_id order by rank_key desc, sample_idx) = 1`,
+    -- but arg_max keeps one row per prompt as it scans instead of sorting every sample's text
+    select arg_max(candidate_rows, (candidate_rows.rank_key, -candidate_rows.sample_idx)) as best_row
     from candidate_rows
-    qualify row_number() over (partition by prompt_id order by rank_key desc, sample_idx) = 1
+    group by prompt_id
 ),
 
 final as (
-    select prompt_id, sample_idx, prompt, completion, reward, n_tokens, truncated, source, round
+    select
+        best_row.prompt_id,
+        best_row.sample_idx,
+        best_row.prompt,
+        best_row.completion,
+        best_row.reward,
+        best_row.n_tokens,
+        best_row.truncated,
+        best_row.source,
+        best_row.round
     from best
 )
 

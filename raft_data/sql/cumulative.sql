@@ -20,13 +20,23 @@ pooled as (
 ),
 
 best as (
-    select *
+    -- as best_per_prompt: arg_max instead of a window, ordered by rank_key, then the earliest round and sample
+    select arg_max(pooled, (pooled.rank_key, -pooled.round, -pooled.sample_idx)) as best_row
     from pooled
-    qualify row_number() over (partition by prompt_id order by rank_key desc, round, sample_idx) = 1
+    group by prompt_id
 ),
 
 final as (
-    select prompt_id, sample_idx, prompt, completion, reward, n_tokens, truncated, source, round
+    select
+        best_row.prompt_id,
+        best_row.sample_idx,
+        best_row.prompt,
+        best_row.completion,
+        best_row.reward,
+        best_row.n_tokens,
+        best_row.truncated,
+        best_row.source,
+        best_row.round
     from best
 )
 

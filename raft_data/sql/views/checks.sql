@@ -1,5 +1,6 @@
--- Data tests on a selection before it is published (one row of counts; Python decides what must hold).
--- Reads selected_rows (the selection), candidates, scored and samples; $round is the round being selected.
+-- Data tests on a selection before it is published: one row of counts, from one pass over the candidates
+-- (Python decides what must hold). Reads selected_rows (the selection), candidates, samples and alignment.
+-- $round is the round being selected; for a pool of several rounds (cumulative) only prompts of this round count.
 
 with selected as (
     select * from selected_rows
@@ -10,7 +11,9 @@ this_round_prompts as (
 ),
 
 candidate_rows as (
-    select candidates.* from candidates semi join this_round_prompts using (prompt_id)
+    select round, prompt_id, sample_idx, reward
+    from candidates
+    where not getvariable('pooled') or prompt_id in (select prompt_id from this_round_prompts)
 ),
 
 selected_stats as (
@@ -29,25 +32,20 @@ per_prompt as (
 ),
 
 candidate_stats as (
-    select count(*) as n_candidates, count(distinct prompt_id) as n_candidate_prompts
+    -- every selected row must be a candidate, with the reward it was scored with
+    select
+        count(*) as n_candidates,
+        count(distinct candidate_rows.prompt_id) as n_candidate_prompts,
+        count(selected.sample_idx) filter (where selected.reward = candidate_rows.reward) as n_selected_candidates
     from candidate_rows
-),
-
-not_in_pool as (
-    -- a selected row must be a scored sample, with the reward it was scored with
-    select count(*) as n_not_in_pool
-    from selected
-    anti join scored using (round, prompt_id, sample_idx, reward)
-),
-
-not_candidates as (
-    select count(*) as n_not_candidates
-    from selected
-    anti join candidate_rows using (round, prompt_id, sample_idx)
+    left join selected
+        on candidate_rows.prompt_id = selected.prompt_id
+        and candidate_rows.sample_idx = selected.sample_idx
+        and candidate_rows.round = selected.round
 ),
 
 final as (
-    select * from selected_stats, per_prompt, candidate_stats, not_in_pool, not_candidates
+    select * from selected_stats, per_prompt, candidate_stats, alignment
 )
 
 select * from final

@@ -3,6 +3,7 @@
 -- constant, so a guard that is off costs nothing (its window functions are pruned from the plan).
 
 set variable rank_by = $rank_by;
+set variable pooled = $pooled;
 set variable drop_truncated = $drop_truncated;
 set variable drop_empty = $drop_empty;
 set variable drop_duplicates = $drop_duplicates;
