@@ -17,7 +17,7 @@ import sys
 COMMANDS = {
     "generate": ("raft_data.generate", "sample K completions per prompt into samples/ shards"),
     "score": ("raft_data.score", "score every sample with the reward into scores/ shards"),
-    "select": ("raft_data.select", "rank with a DuckDB query into selected/ (best sample per prompt)"),
+    "select": ("raft_data.select", "rank with a DuckDB query into selected/ (best per prompt, or another strategy)"),
     "status": ("raft_data.status", "show which stages of a round are done, with counts and rewards"),
     "inspect": ("raft_data.inspect", "counts, reward quantiles, guard drops, kept vs rejected samples of a round"),
     "sql": ("raft_data.query", "run a DuckDB select over a round's views (samples, scores, selected, ...)"),

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-rows", type=int, default=40, help="rows to print (default: 40)")
     parser.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the query, options and overrides in any order
     if args.round < 0:
         parser.error(f"--round={args.round} is invalid: expected >= 0")
     try:

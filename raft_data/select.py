@@ -112,8 +112,10 @@ def run_query(con: duckdb.DuckDBPyConnection, text: str, params: dict[str, Any],
         statements = duckdb.extract_statements(text)
     except duckdb.Error as e:
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise ConfigError(f"{where}: expected one select query, got {len(statements)} statement(s)")
+    if len(statements) != 1:
+        raise ConfigError(f"{where}: expected one select query, got {len(statements)} statements")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise ConfigError(f"{where}: expected one select query, got a {statements[0].type.name} statement")
     statement = statements[0]
     missing = sorted(statement.named_parameters - set(params))
     if missing:

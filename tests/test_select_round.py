@@ -141,7 +141,7 @@ def test_sql_command_runs_a_query_over_the_round(real_round, tmp_path: Path, cap
         "(select count(*) from selected) as n_selected, (select count(*) from prompts) as n_round_prompts "
         "from samples join scores using (prompt_id, sample_idx, round)"
     )
-    raft_data(["sql", query, "--config", str(config_path), "--round", "0"])
+    raft_data(["sql", query, "--config", str(config_path), "--round", "0", "select.drop_truncated=false"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["n_samples", "n_prompts", "n_selected", "n_round_prompts"]
     assert lines[2].split() == ["40", "10", "10", "10"]
@@ -159,7 +159,7 @@ def test_sql_command_runs_a_query_over_the_round(real_round, tmp_path: Path, cap
 def test_sql_command_refuses_anything_but_one_select(real_round, query: str, capsys) -> None:
     config_path, _ = real_round
     with pytest.raises(SystemExit) as exit_info:
-        raft_data(["sql", query, "--config", str(config_path), "--round", "0"])
+        raft_data(["sql", query, "--config", str(config_path), "--round", "0", "select.drop_truncated=false"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: query: expected one select query")
 
