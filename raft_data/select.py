@@ -273,7 +273,7 @@ def check_selected(
             raise DataError(f"{where}: {n_rows} rows for {c['n_candidate_prompts']} prompts with candidates")
     if strategy == "top_n_per_prompt" and c["max_per_prompt"] > cfg.select.n:
         raise DataError(f"{where}: a prompt has {c['max_per_prompt']} rows, more than select.n={cfg.select.n}")
-    if strategy == "global_top" and n_rows != math.ceil(params["alpha"] * c["n_candidates"] - 1e-9):
+    if strategy == "global_top" and n_rows != math.ceil(round(params["alpha"] * c["n_candidates"], 9)):
         raise DataError(f"{where}: {n_rows} rows, expected alpha={params['alpha']} of {c['n_candidates']}")
     return {
         "samples": n_samples,

@@ -79,7 +79,7 @@ def brute_select(rows: list[dict], s: SelectConfig, round_idx: int, k: int) -> l
     elif s.strategy == "global_top":
         alpha = s.alpha if s.alpha is not None else 1 / k
         ranked = sorted(cands, key=lambda r: (-r["key"], r["prompt_id"], r["sample_idx"]))
-        kept = ranked[: math.ceil(alpha * len(cands))]
+        kept = ranked[: math.ceil(round(alpha * len(cands), 9))]
     elif s.strategy == "threshold":
         kept = [r for r in cands if r["key"] >= s.tau]
     elif s.strategy == "cumulative":
@@ -338,3 +338,12 @@ def test_scores_out_of_line_with_samples_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="scores rows do not line up with their samples rows"):
         select(cfg, 0)
     assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+
+
+def test_global_top_keeps_alpha_of_the_candidates_exactly(tmp_path: Path) -> None:
+    """0.28 * 25 is 7.000000000000001 in floating point: still 7 rows."""
+    cfg = fake_config(tmp_path, strategy="global_top", alpha=0.28)
+    rows = random_rows(random.Random(4), 0, n_prompts=5, k=5)
+    write_round(cfg, 0, rows)
+    assert select(cfg, 0)["counts"]["selected"] == 7
+    assert selected_keys(cfg, 0) == brute_select(rows, cfg.select, 0, 2)

@@ -18,7 +18,8 @@ ranked as (
 top_fraction as (
     select *
     from ranked
-    where position <= ceil($alpha * n_candidates)
+    -- rounded first, so that 0.28 * 25 = 7.000000000000001 keeps 7 rows, not 8
+    where position <= ceil(round($alpha * n_candidates, 9))
 ),
 
 final as (
