@@ -67,3 +67,17 @@ demo: setup
 
 clean:
 	rm -rf runs
+
+# Looking at a round, and the selection benchmark.
+# make inspect ROUND=n [EXAMPLES=3];  make sql ROUND=n Q="select ..."
+EXAMPLES ?= 3
+.PHONY: inspect sql bench-select
+
+inspect: setup
+	@$(VENV)/bin/raft-data inspect --config $(EXP) --round $(ROUND) --examples $(EXAMPLES) $(OVERRIDES)
+
+sql: setup
+	@$(VENV)/bin/raft-data sql "$(Q)" --config $(EXP) --round $(ROUND) $(OVERRIDES)
+
+bench-select: setup
+	$(PY) bench/select.py

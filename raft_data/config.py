@@ -115,10 +115,43 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
-    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/
+    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/, or "custom" with sql_file
+    rank_by: str = "reward"  # a numeric column of scores/ that strategies rank by
+    # strategy parameters, bound as DuckDB parameters ($n, $alpha, $tau)
+    n: int = 1  # top_n_per_prompt: samples kept per prompt
+    alpha: float | None = None  # global_top: fraction of all samples kept; None = 1/K, as many as best-of-K keeps
+    tau: float = 0.0  # threshold: keep samples with rank_by >= tau
+    # guards, applied before ranking in this order; each is off by default and counted in the manifest
+    drop_truncated: bool = False  # samples that hit max_new_tokens
+    drop_empty: bool = False  # completions that are empty or only whitespace
+    drop_duplicates: bool = False  # repeated completions of one prompt (the lowest sample_idx stays)
+    drop_constant: bool = False  # prompts whose remaining samples all score the same
+    min_margin: float = 0.0  # > 0: drop prompts whose best and second-best scores differ by less
+    # the user's own SQL over the views samples, scores and candidates
+    where: str | None = None  # a where clause on candidates before ranking, e.g. "n_tokens >= 8"
+    qualify: str | None = None  # a qualify clause on candidates before ranking (window functions)
+    sql_file: str | None = None  # a whole selection query; needs strategy: custom
+    # output
+    format: str = "prompt_completion"  # prompt_completion | messages (conversational)
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+        _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
+        _require(self.n >= 1, "select.n", self.n, ">= 1")
+        _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
+        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        for key in ("where", "qualify", "sql_file"):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
+        _require(
+            (self.strategy == "custom") == (self.sql_file is not None),
+            "select.strategy",
+            self.strategy,
+            "custom together with select.sql_file (and sql_file only with strategy custom)",
+        )
+        formats = ("prompt_completion", "messages")
+        _require(self.format in formats, "select.format", self.format, "|".join(formats))
 
 
 @dataclass
