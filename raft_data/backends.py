@@ -87,7 +87,8 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
         top_p=None if greedy else cfg.top_p,
         top_k=None if greedy else cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
-        num_return_sequences=cfg.n_samples,
+        # greedy `generate` refuses num_return_sequences > 1: the prompts are repeated K times instead
+        num_return_sequences=1 if greedy else cfg.n_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(stops),
     )
@@ -132,6 +133,10 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
             if cfg.shared_prefill and enc["input_ids"].shape[1] > 1:
                 seqs = shared_prefill_generate(enc)
+            elif greedy:
+                k = cfg.n_samples
+                repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
+                seqs = model.generate(**repeated, generation_config=gen_cfg)
             else:
                 seqs = model.generate(**enc, generation_config=gen_cfg)
             new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
