@@ -87,6 +87,8 @@ class GenerateConfig:
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
     shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
+    executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
+    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
     # chat and length
     chat_template: bool = False  # render prompts (text, or a column of chat messages) with the tokenizer's template
     max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
@@ -117,6 +119,7 @@ class GenerateConfig:
             self.long_prompts,
             "skip|truncate_left",
         )
+        _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
         self.extra_sources = [_extra_source(i, entry) for i, entry in enumerate(self.extra_sources)]
         names = [source["name"] for source in self.extra_sources]
         for name in names:

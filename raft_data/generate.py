@@ -65,6 +65,9 @@ def shard_lock(rdir: Path, shard_idx: int, n_shards: int) -> contextlib.Abstract
     return artifacts.stage_lock(rdir, f"generate.{Path(artifacts.shard_name(shard_idx, n_shards)).stem}")
 
 
+EXECUTION_ONLY = ("executor", "ray_address")
+
+
 def load_prompt_tokenizer(model_path: str, cfg: Config):
     """The policy's tokenizer, for chat templates, prompt lengths and token counts of imported candidates."""
     from transformers import AutoTokenizer
@@ -98,7 +101,8 @@ def generate(
         "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
         "model": {**cfg.model.__dict__, "generator": model_id},
         "prompts": cfg.prompts.__dict__,
-        "generate": cfg.generate.__dict__,
+        # where shards run does not change what they hold, so a round may resume under another executor
+        "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in EXECUTION_ONLY},
         "round": round_idx,
     }
     if cfg.generate.extra_sources:  # a changed file is a changed config: its rows must not mix with the old ones
@@ -117,11 +121,17 @@ def generate(
             if not prompts_path.exists() or not pq.read_table(prompts_path).equals(prompts):
                 artifacts.write_parquet(prompts, prompts_path, schemas.PROMPTS)
 
+        if cfg.generate.executor == "ray" and shard is None:
+            run_shards_on_ray(cfg, round_idx, n_shards, folder)  # then below: nothing left to do but finalise
+
         tokenizer = load_prompt_tokenizer(model_path, cfg)
         formatted = prepare(prompts, tokenizer, model_path, cfg)
         sources = [load_source(spec) for spec in cfg.generate.extra_sources]
         if sources and tokenizer is None:
             raise ConfigError(f"generate.extra_sources needs the model's tokenizer, and {model_path} has none")
+        for source in sources:  # bad rows stop the stage here, before any shard is written
+            for pid, text in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), strict=True):
+                candidates(source, pid, text)
         generator = f"{cfg.generate.backend}:{model_path}"
         bounds = shard_bounds(prompts.num_rows, n_shards)
         wanted = range(n_shards) if shard is None else [shard]
@@ -158,6 +168,34 @@ def generate(
                 print(f"generate: {n_shards - len(pending)}/{n_shards} shards done; the last one writes the manifest")
                 return None
             return finish(run, prompts_path, prompts, formatted, model_id, generator, cfg, round_idx)
+
+
+def run_shards_on_ray(cfg: Config, round_idx: int, n_shards: int, folder: Path) -> None:
+    """Each unfinished shard as one Ray task that runs `generate --shard i` on a worker: the same locks, markers
+    and seeds as a local run, so a killed round resumes under either executor. Workers must see the same
+    `experiment.output_root` (a shared file system) and have this package installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("generate.executor=ray needs Ray: pip install 'raft-toolkit[ray]'") from None
+    todo = [i for i in range(n_shards) if not artifacts.shard_done(folder / artifacts.shard_name(i, n_shards))]
+    if not todo:
+        return
+    if not ray.is_initialized():
+        ray.init(address=cfg.generate.ray_address, log_to_driver=False)
+    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.generate.device == "cuda" else 0, max_retries=2)(_ray_shard)
+    pending = [task.remote(cfg.to_dict(), round_idx, i) for i in todo]
+    print(f"generate: {len(todo)} shards submitted to Ray")
+    for _ in tqdm(range(len(pending)), desc=f"generate round {round_idx} (ray)", unit="shard"):
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # a failed shard raises here; the others keep their markers for the rerun
+
+
+def _ray_shard(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
+    from raft_data.config import config_from_dict
+
+    generate(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
 
 
 def prepare(prompts: pa.Table, tokenizer, model_path: str, cfg: Config):

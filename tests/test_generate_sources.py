@@ -12,7 +12,7 @@ import pytest
 from raft_data import artifacts
 from raft_data.config import ConfigError
 from raft_data.generate import generate
-from raft_data.prompts import DataError
+from raft_data.prompts import DataError, draw_round_prompts
 from raft_data.score import score
 from raft_data.select import select
 from tests.conftest import REAL_PROMPTS, make_config, require_assets
@@ -107,11 +107,15 @@ def test_changed_source_file_is_a_new_config(tmp_path, tiny_model_dir, prompts_f
 
 
 def test_strip_prompt_needs_the_prompt_first(tmp_path, tiny_model_dir, prompts_file):
+    """A bad row for the round's last prompt stops the stage before any shard is written."""
     refs = tmp_path / "refs.jsonl"
-    refs.write_text(json.dumps({"prompt_id": "p000", "completion": "Something else"}) + "\n", encoding="utf-8")
     spec = {"name": "refs", "path": str(refs), "strip_prompt": True}
-    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, generate={"extra_sources": [spec], "n_shards": 1})
-    with pytest.raises(DataError, match="does not start with its prompt"):
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, generate={"extra_sources": [spec]})
+    drawn = draw_round_prompts(cfg.prompts, cfg.experiment.seed, 0).to_pylist()
+    rows = [{"prompt_id": p["prompt_id"], "completion": p["prompt"] + " fine."} for p in drawn[:-1]]
+    rows.append({"prompt_id": drawn[-1]["prompt_id"], "completion": "Something else"})
+    refs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(DataError, match=f"prompt_id='{drawn[-1]['prompt_id']}' does not start with its prompt"):
         generate(cfg, 0)
     assert not artifacts.shard_files(artifacts.round_dir(cfg, 0) / "samples")
 
