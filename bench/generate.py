@@ -123,8 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=str(ROOT / "assets" / "smollm2-135m-instruct"))
     parser.add_argument("--k", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--n-long", type=int, default=2, help="prompts of 512 tokens")
-    parser.add_argument("--n-short", type=int, default=8, help="short prompts (snippet openings)")
+    parser.add_argument(
+        "--n-long", type=int, default=1, help="prompts of 512 tokens (with 1, one at a time = repeated)"
+    )
+    parser.add_argument("--n-short", type=int, default=4, help="short prompts (snippet openings)")
     parser.add_argument("--batch-size", type=int, default=2, help="prompts per batch (each expanded K ways)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cases", default="long,short")
@@ -148,12 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     for case in args.cases.split(","):
         args.case, args.n = case, args.n_long if case == "long" else args.n_short
         results = {}
-        for method in METHODS:
+        methods = [m for m in METHODS if case == "short" or m != "one_at_a_time" or args.n > 1]
+        for method in methods + (["vllm_cpu"] if vllm_python.exists() else []):
             args.method = method
-            results[method] = worker(args)
-        if vllm_python.exists():
-            results["vllm_cpu"] = run_vllm(args, vllm_python)
-        for method, r in results.items():  # printed once the case is measured
+            r = results[method] = run_vllm(args, vllm_python) if method == "vllm_cpu" else worker(args)
             if "error" in r:
                 print(f"| {case} | {method} | {args.n} | - | - | - | - | - | - | {r['error']} |")
                 continue
