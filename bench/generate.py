@@ -57,7 +57,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
     fields = {"n_samples": args.k, "max_new_tokens": args.new_tokens, "batch_size": args.batch_size, "device": "cpu"}
     cfg = GenerateConfig(**{**fields, **METHODS[args.method]})
     sample = transformers_backend(args.model, ModelConfig(name_or_path=args.model), cfg)
-    sample(prompts[:1], 0)  # warm-up
+    sample(["A short warm-up prompt"], 0)  # warm-up: first-call overheads, not the measured work
     loaded = peak_rss_mib()
     start, cpu_start = time.perf_counter(), time.process_time()
     out = sample(prompts, 0)
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--n-short", type=int, default=4, help="short prompts (snippet openings)")
     parser.add_argument("--batch-size", type=int, default=2, help="prompts per batch (each expanded K ways)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a busy machine)")
     parser.add_argument("--cases", default="long,short")
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--worker", choices=[*METHODS, "vllm_cpu"], help=argparse.SUPPRESS)
