@@ -46,7 +46,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 generate: setup
-	$(VENV)/bin/raft-data generate $(STAGE_ARGS)
+	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(GENERATE_ARGS)
 
 score: setup
 	$(VENV)/bin/raft-data score $(STAGE_ARGS)
@@ -81,3 +81,10 @@ sql: setup
 
 bench-select: setup
 	$(PY) bench/select.py
+
+# --- generation at scale: one shard per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
+GENERATE_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
+
+.PHONY: bench-generate
+bench-generate: setup
+	$(PY) bench/generate.py
