@@ -86,6 +86,18 @@ class GenerateConfig:
     batch_size: int = 16  # prompts per forward batch (each expanded K ways)
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
+    # vllm backend: keyword arguments of vllm.LLM, passed through as they are (tensor_parallel_size, dtype,
+    # max_model_len, gpu_memory_utilization, enforce_eager, ...); dtype defaults to model.dtype
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai backend: any OpenAI-compatible server (vLLM, llama.cpp, TGI, a hosted API)
+    api_base: str = "http://127.0.0.1:8000/v1"
+    api_endpoint: str = "completions"  # completions | chat (the server applies the chat template)
+    api_model: str = ""  # the served model name; "" sends the round's model path (what `vllm serve PATH` serves)
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    api_concurrency: int = 8  # requests in flight at once
+    api_timeout_s: float = 120.0  # per request
+    api_max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
 
     def __post_init__(self) -> None:
         _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
@@ -98,6 +110,21 @@ class GenerateConfig:
         _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
         _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
+        endpoints = ("completions", "chat")
+        _require(self.api_endpoint in endpoints, "generate.api_endpoint", self.api_endpoint, "completions|chat")
+        _require(
+            self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
+        )
+        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
+        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
+        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
+        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _require(
+            "model" not in self.engine_kwargs,
+            "generate.engine_kwargs",
+            self.engine_kwargs,
+            "no 'model' key (the model is model.name_or_path, or the previous round's model)",
+        )
 
 
 @dataclass
