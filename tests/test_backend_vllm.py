@@ -78,6 +78,38 @@ def check_shards(cfg) -> list[dict]:
     return rows
 
 
+@pytest.fixture(scope="session")
+def vllm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test Llama with head_dim 32 instead of 8: vLLM's CPU attention has no kernel for head_dim 8."""
+    require_assets()
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-llama-vllm")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# Tests skip torch.compile (enforce_eager): it adds about a minute to each engine start on 2 cores.
+EAGER = {"enforce_eager": True}
+
+
 @pytest.mark.skipif(HAS_VLLM, reason="vllm is importable here; this checks the message where it is not")
 def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_config):
     with pytest.raises(BackendError, match="make setup-vllm"):
@@ -86,10 +118,10 @@ def test_vllm_backend_without_vllm_says_how_to_get_it(tiny_config):
 
 @pytest.mark.vllm
 @needs_vllm
-def test_vllm_generate_tiny_model_and_shard_rerun_is_identical(tmp_path, tiny_model_dir, prompts_file):
-    cfg = make_config(
-        tmp_path, tiny_model_dir, prompts_file, generate={"backend": "vllm", "n_samples": 3, "max_new_tokens": 8}
-    )
+def test_vllm_generate_tiny_model_and_shard_rerun_is_identical(tmp_path, vllm_tiny_model_dir, prompts_file):
+    tiny_model_dir = vllm_tiny_model_dir
+    gen = {"backend": "vllm", "n_samples": 3, "max_new_tokens": 8, "engine_kwargs": EAGER}
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, generate=gen)
     run_stage(cfg, tmp_path)
     rows = check_shards(cfg)
     assert all(r["generator"] == f"vllm:{tiny_model_dir}" for r in rows)
@@ -115,7 +147,7 @@ def test_vllm_generate_default_model(tmp_path):
         REAL_MODEL,
         REAL_PROMPTS,
         prompts={"id_column": "snippet_id", "n_prompts": 8},
-        generate={"backend": "vllm", "n_samples": 4, "max_new_tokens": 16, "n_shards": 2},
+        generate={"backend": "vllm", "n_samples": 4, "max_new_tokens": 16, "n_shards": 2, "engine_kwargs": EAGER},
     )
     run_stage(cfg, tmp_path)
     rows = check_shards(cfg)
@@ -134,7 +166,7 @@ def free_port() -> int:
 
 def start_server(model_dir: Path, port: int, log: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "256"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager"]
     proc = subprocess.Popen(
         cmd, env=engine_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -161,7 +193,8 @@ def kill_server(proc: subprocess.Popen) -> None:
 
 @pytest.mark.vllm
 @needs_vllm
-def test_openai_backend_on_vllm_server_survives_a_killed_server(tmp_path, tiny_model_dir, prompts_file):
+def test_openai_backend_on_vllm_server_survives_a_killed_server(tmp_path, vllm_tiny_model_dir, prompts_file):
+    tiny_model_dir = vllm_tiny_model_dir
     port = free_port()
     api = {
         "backend": "openai",
