@@ -1,5 +1,6 @@
 """Generation backends measured the same way: the round's prompts of an experiment, K samples each, one backend
-per process; prints load time, sampling time, generated tokens and tokens/s, and the process's peak memory.
+per process; prints load time, sampling time, generated tokens, tokens/s and peak memory (with the engine's
+processes).
 
 Run as (vLLM needs its own environment, `make setup-vllm`; it also has transformers, so both run from there):
     VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2 .venv-vllm/bin/python bench/backends.py --backend vllm
@@ -10,16 +11,22 @@ Run as (vLLM needs its own environment, `make setup-vllm`; it also has transform
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import time
 
 
 def peak_rss_gib() -> float:
-    """Peak resident memory of this process and of its finished or running children (the vLLM engine core)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) / 2**20
+    """Peak resident memory (VmHWM) of this process plus its live children, e.g. vLLM's engine processes."""
+    import psutil
+
+    total = 0
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            status = open(f"/proc/{proc.pid}/status", encoding="utf-8").read()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+    return total / 2**20
 
 
 def main() -> None:
