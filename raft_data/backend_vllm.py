@@ -15,6 +15,7 @@ Run as:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from raft_data.backends import BackendError, Completion, ModelLoadError, SampleFn
@@ -27,7 +28,7 @@ def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -
         import vllm
     except ImportError as e:
         raise BackendError(
-            f"generate.backend='vllm' needs vLLM, which this Python ({_python()}) cannot import ({e}); run "
+            f"generate.backend='vllm' needs vLLM, which this Python ({sys.executable}) cannot import ({e}); run "
             "`make setup-vllm`, then run the generate stage from .venv-vllm (`make generate-vllm`)"
         ) from None
     if not (Path(model_path) / "config.json").is_file():
@@ -63,9 +64,3 @@ def sampling_params(vllm, cfg: GenerateConfig, seed: int):
         max_tokens=cfg.max_new_tokens,
         seed=seed,
     )
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
