@@ -30,6 +30,10 @@ class ModelLoadError(ValueError):
     """The model path does not hold a usable model."""
 
 
+class BackendError(ValueError):
+    """A backend that cannot run or a server that refuses the requests; the message says which and why."""
+
+
 def resolve_device(name: str) -> str:
     import torch
 
@@ -157,6 +161,22 @@ def _completion(tokenizer, ids: list[int], stops: set[int]) -> Completion:
     )
 
 
+def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """vLLM's offline engine; needs the environment `make setup-vllm` builds (see raft_data/backend_vllm.py)."""
+    from raft_data.backend_vllm import vllm_backend as load
+
+    return load(model_path, model_cfg, cfg)
+
+
+def openai_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """Any OpenAI-compatible server (see raft_data/backend_openai.py)."""
+    from raft_data.backend_openai import openai_backend as load
+
+    return load(model_path, model_cfg, cfg)
+
+
 BACKENDS: dict[str, Callable[[str, ModelConfig, GenerateConfig], SampleFn]] = {
     "transformers": transformers_backend,
+    "vllm": vllm_backend,
+    "openai": openai_backend,
 }

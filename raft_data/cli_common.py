@@ -29,10 +29,10 @@ def add_stage_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, not a bug: printed as one line, exit status 2."""
     from raft_data.artifacts import StageError
-    from raft_data.backends import ModelLoadError
+    from raft_data.backends import BackendError, ModelLoadError
     from raft_data.prompts import DataError
 
-    return ConfigError, StageError, DataError, ModelLoadError
+    return ConfigError, StageError, DataError, ModelLoadError, BackendError
 
 
 def run_cli(

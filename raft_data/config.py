@@ -96,6 +96,18 @@ class GenerateConfig:
     long_prompts: str = "skip"  # what to do with longer prompts: skip | truncate_left
     # candidates from files, ranked with the policy's samples: [{name, path, completion_column, match, ...}]
     extra_sources: list = field(default_factory=list)
+    # vllm backend: keyword arguments of vllm.LLM, passed through as they are (tensor_parallel_size, dtype,
+    # max_model_len, gpu_memory_utilization, enforce_eager, ...); dtype defaults to model.dtype
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai backend: any OpenAI-compatible server (vLLM, llama.cpp, TGI, a hosted API)
+    api_base: str = "http://127.0.0.1:8000/v1"
+    api_endpoint: str = "completions"  # completions | chat (the server applies the chat template)
+    api_model: str = ""  # the served model name; "" sends the round's model path (what `vllm serve PATH` serves)
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    api_concurrency: int = 8  # requests in flight at once
+    api_timeout_s: float = 120.0  # per request
+    api_max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
 
     def __post_init__(self) -> None:
         _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
@@ -125,6 +137,21 @@ class GenerateConfig:
         names = [source["name"] for source in self.extra_sources]
         for name in names:
             _require(names.count(name) == 1, "generate.extra_sources[].name", name, "a name used once")
+        endpoints = ("completions", "chat")
+        _require(self.api_endpoint in endpoints, "generate.api_endpoint", self.api_endpoint, "completions|chat")
+        _require(
+            self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
+        )
+        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
+        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
+        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
+        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _require(
+            "model" not in self.engine_kwargs,
+            "generate.engine_kwargs",
+            self.engine_kwargs,
+            "no 'model' key (the model is model.name_or_path, or the previous round's model)",
+        )
 
 
 EXTRA_SOURCE_DEFAULTS: dict[str, Any] = {
