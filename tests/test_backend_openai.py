@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_config
 
 from raft_data import artifacts, generate
 from raft_data.backends import BackendError
 from raft_data.config import ConfigError
+
+from .conftest import make_config
 
 
 class FakeServer:

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets
 
 from raft_data import artifacts, schemas
 from raft_data.backends import BACKENDS, BackendError
+
+from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not importable here: run `make test-vllm`")
