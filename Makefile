@@ -79,7 +79,7 @@ clean:
 N ?= 3
 NAME := $(basename $(notdir $(EXP)))
 ABLATION_K ?= 1 2 4 8
-ABLATION_ROUNDS ?= 2
+ABLATION_ROUNDS ?= 1
 
 rounds: setup
 	$(VENV)/bin/raft-data rounds $(N) --config $(EXP) $(OVERRIDES)
