@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -86,6 +87,27 @@ class GenerateConfig:
     batch_size: int = 16  # prompts per forward batch (each expanded K ways)
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
+    shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
+    executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
+    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # chat and length
+    chat_template: bool = False  # render prompts (text, or a column of chat messages) with the tokenizer's template
+    max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
+    long_prompts: str = "skip"  # what to do with longer prompts: skip | truncate_left
+    # candidates from files, ranked with the policy's samples: [{name, path, completion_column, match, ...}]
+    extra_sources: list = field(default_factory=list)
+    # vllm backend: keyword arguments of vllm.LLM, passed through as they are (tensor_parallel_size, dtype,
+    # max_model_len, gpu_memory_utilization, enforce_eager, ...); dtype defaults to model.dtype
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai backend: any OpenAI-compatible server (vLLM, llama.cpp, TGI, a hosted API)
+    api_base: str = "http://127.0.0.1:8000/v1"
+    api_endpoint: str = "completions"  # completions | chat (the server applies the chat template)
+    api_model: str = ""  # the served model name; "" sends the round's model path (what `vllm serve PATH` serves)
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    api_concurrency: int = 8  # requests in flight at once
+    api_timeout_s: float = 120.0  # per request
+    api_max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
 
     def __post_init__(self) -> None:
         _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
@@ -98,6 +120,94 @@ class GenerateConfig:
         _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
         _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
+        _require(
+            self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+            "generate.max_prompt_tokens",
+            self.max_prompt_tokens,
+            ">= 1 or null",
+        )
+        _require(
+            self.long_prompts in ("skip", "truncate_left"),
+            "generate.long_prompts",
+            self.long_prompts,
+            "skip|truncate_left",
+        )
+        _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
+        self.extra_sources = [_extra_source(i, entry) for i, entry in enumerate(self.extra_sources)]
+        names = [source["name"] for source in self.extra_sources]
+        for name in names:
+            _require(names.count(name) == 1, "generate.extra_sources[].name", name, "a name used once")
+        endpoints = ("completions", "chat")
+        _require(self.api_endpoint in endpoints, "generate.api_endpoint", self.api_endpoint, "completions|chat")
+        _require(
+            self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
+        )
+        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
+        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
+        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
+        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _require(
+            "model" not in self.engine_kwargs,
+            "generate.engine_kwargs",
+            self.engine_kwargs,
+            "no 'model' key (the model is model.name_or_path, or the previous round's model)",
+        )
+
+
+EXTRA_SOURCE_DEFAULTS: dict[str, Any] = {
+    "name": None,  # the `source` column of its rows; "policy" is the model's own samples
+    "path": None,  # a .jsonl or .parquet file
+    "completion_column": "completion",
+    "match": "prompt_id",  # prompt_id: by id; prompt: by exact prompt text
+    "key_column": None,  # the column matched on; defaults to "prompt_id" or "prompt" after `match`
+    "strip_prompt": False,  # the completion repeats the prompt first (e.g. a full reference text): drop it
+    "max_per_prompt": None,  # keep at most this many per prompt, in file order
+}
+
+
+def _extra_source(index: int, entry: Any) -> dict[str, Any]:
+    """One `generate.extra_sources` entry, checked and completed with defaults (so the config hash is stable)."""
+    key = f"generate.extra_sources[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}={entry!r} is invalid: expected a mapping with name, path, completion_column, match")
+    unknown = sorted(set(entry) - set(EXTRA_SOURCE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}: it takes {', '.join(EXTRA_SOURCE_DEFAULTS)}")
+    out = {**EXTRA_SOURCE_DEFAULTS, **entry}
+    name, path = out["name"], out["path"]
+    _require(
+        isinstance(name, str) and bool(name) and name != "policy", f"{key}.name", name, "a name other than 'policy'"
+    )
+    _require(
+        isinstance(path, str) and Path(path).suffix in (".jsonl", ".json", ".parquet"),
+        f"{key}.path",
+        path,
+        "a .jsonl or .parquet file",
+    )
+    _require(out["match"] in ("prompt_id", "prompt"), f"{key}.match", out["match"], "prompt_id|prompt")
+    _require(
+        isinstance(out["completion_column"], str) and bool(out["completion_column"]),
+        f"{key}.completion_column",
+        out["completion_column"],
+        "a column name",
+    )
+    if out["key_column"] is None:
+        out["key_column"] = out["match"]
+    _require(
+        isinstance(out["key_column"], str) and bool(out["key_column"]),
+        f"{key}.key_column",
+        out["key_column"],
+        "a column name",
+    )
+    _require(isinstance(out["strip_prompt"], bool), f"{key}.strip_prompt", out["strip_prompt"], "true or false")
+    m = out["max_per_prompt"]
+    _require(
+        m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1),
+        f"{key}.max_per_prompt",
+        m,
+        ">= 1 or null",
+    )
+    return out
 
 
 @dataclass
@@ -114,10 +224,43 @@ class ScoreConfig:
 
 @dataclass
 class SelectConfig:
-    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/
+    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/, or "custom" with sql_file
+    rank_by: str = "reward"  # a numeric column of scores/ that strategies rank by
+    # strategy parameters, bound as DuckDB parameters ($n, $alpha, $tau)
+    n: int = 1  # top_n_per_prompt: samples kept per prompt
+    alpha: float | None = None  # global_top: fraction of all samples kept; None = 1/K, as many as best-of-K keeps
+    tau: float = 0.0  # threshold: keep samples with rank_by >= tau
+    # guards, applied before ranking in this order; each is off by default and counted in the manifest
+    drop_truncated: bool = False  # samples that hit max_new_tokens
+    drop_empty: bool = False  # completions that are empty or only whitespace
+    drop_duplicates: bool = False  # repeated completions of one prompt (the lowest sample_idx stays)
+    drop_constant: bool = False  # prompts whose remaining samples all score the same
+    min_margin: float = 0.0  # > 0: drop prompts whose best and second-best scores differ by less
+    # the user's own SQL over the views samples, scores and candidates
+    where: str | None = None  # a where clause on candidates before ranking, e.g. "n_tokens >= 8"
+    qualify: str | None = None  # a qualify clause on candidates before ranking (window functions)
+    sql_file: str | None = None  # a whole selection query; needs strategy: custom
+    # output
+    format: str = "prompt_completion"  # prompt_completion | messages (conversational)
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+        _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
+        _require(self.n >= 1, "select.n", self.n, ">= 1")
+        _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
+        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        for key in ("where", "qualify", "sql_file"):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
+        _require(
+            (self.strategy == "custom") == (self.sql_file is not None),
+            "select.strategy",
+            self.strategy,
+            "custom together with select.sql_file (and sql_file only with strategy custom)",
+        )
+        formats = ("prompt_completion", "messages")
+        _require(self.format in formats, "select.format", self.format, "|".join(formats))
 
 
 @dataclass
@@ -192,6 +335,21 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "rounds": RoundsConfig,
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: `2e-5` is a float (YAML 1.1 would read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -276,7 +434,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or key.count(".") != 1:
         raise ConfigError(f"override {text!r} is invalid: expected section.key=value, e.g. generate.n_samples=8")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -290,7 +448,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

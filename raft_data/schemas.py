@@ -68,3 +68,19 @@ EVAL_COMPLETIONS = pa.schema(
         pa.field("ref_logp", pa.float64(), nullable=True),  # log p_base(completion | prompt), sampled rows only
     ]
 )
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# `selected/` with select.format=messages: the prompt as the user turn, the completion as the assistant turn.
+SELECTED_MESSAGES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)

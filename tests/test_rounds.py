@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import REVIEW_OPENINGS, make_config
 
 from raft_data import artifacts, schemas
 from raft_data.config import Config, ConfigError, load_config
@@ -19,6 +18,8 @@ from raft_data.evaluate import baseline_dir
 from raft_data.prompts import DataError, split_prompts
 from raft_data.report import write_report
 from raft_data.rounds import run_rounds
+
+from .conftest import REVIEW_OPENINGS, make_config
 
 EVAL = {"n_prompts": 3, "n_samples": 2, "reference_column": "text", "second_reward": "vader_completion"}
 
