@@ -14,7 +14,8 @@ OVERRIDES := $(if $(K),generate.n_samples=$(K)) $(if $(B),prompts.n_prompts=$(B)
 STAGE_ARGS = --config $(EXP) --round $(ROUND) $(if $(FORCE),--force) $(OVERRIDES)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo generate score select sft round status clean help
+.PHONY: setup test lint format demo generate score select sft round status clean help\
+	rounds eval report baseline ablation
 
 help:
 	@echo "make demo                 run the default experiment (first use: venv, model, prompts)"
@@ -22,6 +23,11 @@ help:
 	@echo "make round ROUND=n        generate, score, select and sft for round n (EXP=, K=, B=, ARGS=, FORCE=1)"
 	@echo "make generate|score|select|sft|status ROUND=n   one stage of round n"
 	@echo "make lint                 ruff check + ruff format --check"
+	@echo "make rounds N=3           rounds 0..N-1: generate, score, select, sft, eval (resumes; EXP=, K=, B=, ARGS=)"
+	@echo "make eval ROUND=n         evaluate round n's model on held-out prompts (round 0: the base model too)"
+	@echo "make report               HTML report with plots of every evaluated round (runs/<experiment>/report/)"
+	@echo "make baseline N=3         the same rounds with random_per_prompt selection (<experiment>_random)"
+	@echo "make ablation             K in {1,2,4,8}, each its own experiment, compared in runs/<experiment>_ablation_k/"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,11 +69,39 @@ status: setup
 round: generate score select sft status
 
 demo: setup
-	$(MAKE) --no-print-directory round ROUND=0
+	$(MAKE) --no-print-directory rounds N=3
 
 clean:
 	rm -rf runs
 
+# ---------------------------------------------------------------------------------------------------------------------
+# Many rounds, evaluation and the report.
+N ?= 3
+NAME := $(basename $(notdir $(EXP)))
+ABLATION_K ?= 1 2 4 8
+ABLATION_ROUNDS ?= 1
+
+rounds: setup
+	$(VENV)/bin/raft-data rounds $(N) --config $(EXP) $(OVERRIDES)
+
+eval: setup
+	$(VENV)/bin/raft-data eval $(STAGE_ARGS)
+
+report: setup
+	$(VENV)/bin/raft-data report --config $(EXP) $(OVERRIDES)
+
+baseline: setup
+	$(VENV)/bin/raft-data rounds $(N) --config $(EXP) $(OVERRIDES) \
+		select.strategy=random_per_prompt experiment.name=$(NAME)_random
+	$(VENV)/bin/raft-data report --config $(EXP) $(OVERRIDES) experiment.name=$(NAME)_random
+
+ablation: setup
+	for k in $(ABLATION_K); do \
+		$(VENV)/bin/raft-data rounds $(ABLATION_ROUNDS) --config $(EXP) $(ARGS) \
+			generate.n_samples=$$k experiment.name=$(NAME)_k$$k || exit 1; \
+	done
+	$(VENV)/bin/raft-data report --config $(EXP) $(ARGS) --out runs/$(NAME)_ablation_k \
+		--compare $(foreach k,$(ABLATION_K),$(NAME)_k$(k))
 # Looking at a round, and the selection benchmark.
 # make inspect ROUND=n [EXAMPLES=3];  make sql ROUND=n Q="select ..."
 EXAMPLES ?= 3

@@ -28,12 +28,13 @@ import yaml
 
 from raft_data.config import Config
 
-STAGE_FOLDERS = {"generate": "samples", "score": "scores", "select": "selected", "train": "model"}
+STAGE_FOLDERS = {"generate": "samples", "score": "scores", "select": "selected", "train": "model", "eval": "eval"}
 NEXT_COMMAND = {
     "generate": "raft-data generate",
     "score": "raft-data score",
     "select": "raft-data select",
     "train": "raft-sft train",
+    "eval": "raft-data eval",
 }
 
 
@@ -237,12 +238,15 @@ def publish_folder(final: Path) -> None:
     os.replace(tmp_folder(final), final)
 
 
-def policy_for_round(cfg: Config, round_idx: int) -> tuple[str, str]:
-    """The model that generates round n and that round n's SFT starts from: round n-1's `model/`, or the base model.
+def policy_for_round(cfg: Config, round_idx: int, role: str = "generate") -> tuple[str, str]:
+    """The model that generates round n (`role="generate"`) or that round n's SFT starts from (`role="train"`).
 
+    By default both are round n-1's `model/` (round 0: the base model). `rounds.mode=offline` makes every round
+    generate from the base model; `rounds.sft_from=base` makes every round fine-tune the base model (ReST-EM).
     Returns (path, identity), the identity being the model manifest's hash (or the base path) for config hashes.
     """
-    if round_idx == 0:
+    use_base = {"generate": cfg.rounds.mode == "offline", "train": cfg.rounds.sft_from == "base"}[role]
+    if round_idx == 0 or use_base:
         return cfg.model.name_or_path, f"base:{cfg.model.name_or_path}"
     prev = round_dir(cfg, round_idx - 1) / STAGE_FOLDERS["train"]
     manifest = read_manifest(prev, "train", round_idx - 1)

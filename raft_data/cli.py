@@ -5,6 +5,9 @@ Run as:
     raft-data score    --config pipelines/imdb_positive.yaml --round 0
     raft-data select   --config pipelines/imdb_positive.yaml --round 0
     raft-data status   --config pipelines/imdb_positive.yaml --round 0
+    raft-data eval     --config pipelines/imdb_positive.yaml --round 0
+    raft-data rounds 3 --config pipelines/imdb_positive.yaml
+    raft-data report   --config pipelines/imdb_positive.yaml
     raft-data inspect  --config pipelines/imdb_positive.yaml --round 0
     raft-data sql "select count(*) from selected" --config pipelines/imdb_positive.yaml --round 0
 """
@@ -19,6 +22,9 @@ COMMANDS = {
     "score": ("raft_data.score", "score every sample with the reward into scores/ shards"),
     "select": ("raft_data.select", "rank with a DuckDB query into selected/ (best per prompt, or another strategy)"),
     "status": ("raft_data.status", "show which stages of a round are done, with counts and rewards"),
+    "eval": ("raft_data.evaluate", "evaluate a round's model on held-out prompts into eval/ (round 0: base too)"),
+    "rounds": ("raft_data.rounds", "run generate, score, select, sft and eval for N rounds, resuming"),
+    "report": ("raft_data.report", "write an HTML report with plots of every round"),
     "inspect": ("raft_data.inspect", "counts, reward quantiles, guard drops, kept vs rejected samples of a round"),
     "sql": ("raft_data.query", "run a DuckDB select over a round's views (samples, scores, selected, ...)"),
 }

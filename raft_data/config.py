@@ -264,6 +264,48 @@ class SelectConfig:
 
 
 @dataclass
+class EvalConfig:
+    # what is evaluated: a fixed subset of the held-out prompts, the same in every round
+    n_prompts: int = 32  # held-out prompts per evaluation
+    n_samples: int = 2  # sampled completions per prompt (greedy adds one more)
+    max_new_tokens: int | None = None  # None: generate.max_new_tokens
+    # perplexity of held-out reference text: a column of the prompts source (e.g. the whole review); None skips it
+    reference_column: str | None = None
+    # an independent reward, reported beside score.reward to catch over-optimisation of the first
+    second_reward: str | None = None
+    batch_size: int = 16  # sequences per forward pass for log-probabilities and perplexity
+
+    def __post_init__(self) -> None:
+        _require(self.n_prompts >= 1, "eval.n_prompts", self.n_prompts, ">= 1")
+        _require(self.n_samples >= 1, "eval.n_samples", self.n_samples, ">= 1")
+        _require(
+            self.max_new_tokens is None or self.max_new_tokens >= 1,
+            "eval.max_new_tokens",
+            self.max_new_tokens,
+            ">= 1 or null",
+        )
+        _require(self.reference_column != "", "eval.reference_column", self.reference_column, "a column or null")
+        _require(self.second_reward != "", "eval.second_reward", self.second_reward, "a reward name or null")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class RoundsConfig:
+    # where each round's samples come from, and where each round's SFT starts
+    mode: str = "online"  # online: sample from the newest model | offline: every round samples the base model
+    sft_from: str = "previous"  # previous: fine-tune the previous round's model | base: the base model (ReST-EM)
+    # early stop: when held-out reward rises by less than epsilon for `patience` rounds in a row (0: never stop)
+    epsilon: float = 0.0
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("online", "offline"), "rounds.mode", self.mode, "online|offline")
+        _require(self.sft_from in ("previous", "base"), "rounds.sft_from", self.sft_from, "previous|base")
+        _require(math.isfinite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
+        _require(self.patience >= 0, "rounds.patience", self.patience, ">= 0")
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig
     model: ModelConfig
@@ -273,6 +315,8 @@ class Config:
     select: SelectConfig
     # TRL SFTConfig fields, passed through as they are (checked against SFTConfig when training starts).
     sft: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -288,6 +332,8 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateConfig,
     "score": ScoreConfig,
     "select": SelectConfig,
+    "eval": EvalConfig,
+    "rounds": RoundsConfig,
 }
 
 

@@ -52,6 +52,23 @@ SELECTED = pa.schema(
     ]
 )
 
+# One row per completion the eval stage generated on held-out prompts: greedy (sample_idx 0) and sampled.
+EVAL_COMPLETIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # greedy | sampled
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),  # score.reward
+        pa.field("second_reward", pa.float64(), nullable=True),  # eval.second_reward, null when not configured
+        pa.field("logp", pa.float64(), nullable=True),  # log p_model(completion | prompt), sampled rows only
+        pa.field("ref_logp", pa.float64(), nullable=True),  # log p_base(completion | prompt), sampled rows only
+    ]
+)
+
 MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
 
 # `selected/` with select.format=messages: the prompt as the user turn, the completion as the assistant turn.

@@ -67,7 +67,7 @@ def train(cfg: Config, round_idx: int, force: bool = False) -> dict:
     rdir = artifacts.round_dir(cfg, round_idx)
     selected_dir = rdir / artifacts.STAGE_FOLDERS["select"]
     selected_manifest = artifacts.read_manifest(selected_dir, "select", round_idx)
-    start_path, start_id = artifacts.policy_for_round(cfg, round_idx)
+    start_path, start_id = artifacts.policy_for_round(cfg, round_idx, role="train")
     folder = rdir / artifacts.STAGE_FOLDERS["train"]
     stage_cfg = {
         "sft": cfg.sft,

@@ -1,0 +1,422 @@
+"""Report: one self-contained HTML page (plots embedded as PNG) of every evaluated round of an experiment.
+
+Run as:
+    raft-data report --config pipelines/imdb_positive.yaml                 # -> runs/imdb_positive/report/index.html
+    raft-data report --config pipelines/imdb_positive.yaml --compare imdb_positive_k1 imdb_positive_k2 \\
+        --out runs/ablation_k                                              # held-out reward of several experiments
+    make report
+
+The page opens from disk (the PNGs are embedded as base64 and also written beside it). It shows the per-round
+metrics table, the reward per round (held-out greedy and sampled, all samples, best-of-K, selected), reward
+histograms per round, perplexity, diversity, KL and length per round, example held-out prompts with the base
+model's and the latest model's completions, and the latest round's kept and rejected samples.
+The per-round table is also printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raft_data import artifacts
+from raft_data.cli_common import DEFAULT_CONFIG, user_errors
+from raft_data.config import Config, load_config
+from raft_data.evaluate import baseline_dir, read_eval
+
+# (column title, metrics key, format) of the per-round table
+TABLE_COLUMNS = [
+    ("held-out reward", "reward_sampled", "{:.3f}"),
+    ("greedy", "reward_greedy", "{:.3f}"),
+    ("second reward", "second_reward_sampled", "{:.3f}"),
+    ("all samples", "reward_all", "{:.3f}"),
+    ("best-of-K", "reward_best_of_k", "{:.3f}"),
+    ("selected", "reward_selected", "{:.3f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
+    ("distinct-1", "distinct_1", "{:.3f}"),
+    ("distinct-2", "distinct_2", "{:.3f}"),
+    ("MSTTR", "msttr", "{:.3f}"),
+    ("KL", "kl", "{:.2f}"),
+    ("tokens", "mean_tokens", "{:.1f}"),
+    ("truncated", "truncation_rate", "{:.2f}"),
+    ("wall s", "wall_time_s", "{:.0f}"),
+]
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reading an experiment
+
+
+def collect(cfg: Config) -> list[dict[str, Any]]:
+    """One row per evaluation, baseline first, then every round whose eval is finished, in round order."""
+    from raft_data.rounds import round_wall_time
+
+    rows = []
+    base = read_eval(baseline_dir(cfg))
+    if base is not None:
+        rows.append(
+            {"label": "base", "round": None, "metrics": base[0]["metrics"] | {"wall_time_s": None}, "eval": base[1]}
+        )
+    for rdir in sorted(artifacts.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
+        found = read_eval(rdir / artifacts.STAGE_FOLDERS["eval"])
+        if found is None:
+            continue
+        round_idx = int(rdir.name.split("-")[1])
+        metrics = found[0]["metrics"] | {"wall_time_s": round_wall_time(cfg, round_idx)}
+        rows.append({"label": str(round_idx), "round": round_idx, "metrics": metrics, "eval": found[1], "dir": rdir})
+    return rows
+
+
+def round_samples(rdir: Path) -> pa.Table:
+    """A round's samples joined with their rewards and whether selection kept them."""
+    import duckdb
+
+    con = duckdb.connect()
+    for view, stage in (("raw_samples", "generate"), ("raw_scores", "score"), ("raw_selected", "select")):
+        con.read_parquet([str(p) for p in artifacts.shard_files(rdir / artifacts.STAGE_FOLDERS[stage])]).create_view(
+            view
+        )
+    sql = (Path(__file__).parent / "sql" / "metrics" / "kept_and_rejected.sql").read_text(encoding="utf-8")
+    return con.sql(sql).to_arrow_table()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Plots
+
+
+def _figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """x positions (0 = base, n + 1 = round n) and values of rows where `key` is known."""
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        value = row["metrics"].get(key)
+        if value is not None:
+            xs.append(i)
+            ys.append(value)
+    return xs, ys
+
+
+def _round_axis(ax, rows: list[dict[str, Any]]) -> None:
+    ax.set_xticks(range(len(rows)), [r["label"] for r in rows])
+    ax.set_xlabel("round (base = the base model)")
+    ax.grid(alpha=0.3)
+
+
+def plot_rewards(rows: list[dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label, style in (
+        ("reward_sampled", "held-out, sampled", "o-"),
+        ("reward_greedy", "held-out, greedy", "s-"),
+        ("second_reward_sampled", "held-out, second reward", "x:"),
+        ("reward_all", "round data: all samples", "^--"),
+        ("reward_best_of_k", "round data: best-of-K", "v--"),
+        ("reward_selected", "round data: selected", "d--"),
+    ):
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, style, label=label)
+    _round_axis(ax, rows)
+    ax.set_ylabel("mean reward")
+    ax.set_title("Reward per round")
+    ax.legend(fontsize=8, loc="best")
+    return _figure_png(fig)
+
+
+def plot_histograms(rows: list[dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(rows)
+    cols = min(n, 4)
+    fig, axes = plt.subplots((n + cols - 1) // cols, cols, figsize=(3.2 * cols, 2.6 * ((n + cols - 1) // cols)))
+    axes = np.atleast_1d(axes).ravel()
+    bins = np.linspace(-1, 1, 21)
+    for ax, row in zip(axes, rows, strict=False):
+        held = [
+            r
+            for r, k in zip(row["eval"]["reward"].to_pylist(), row["eval"]["kind"].to_pylist(), strict=True)
+            if k == "sampled"
+        ]
+        lo, hi = min([*held, -1.0]), max([*held, 1.0])
+        edges = bins if (lo >= -1 and hi <= 1) else np.linspace(lo, hi, 21)
+        ax.hist(held, bins=edges, alpha=0.6, density=True, label="held-out, sampled")
+        if row.get("dir") is not None:
+            files = artifacts.shard_files(row["dir"] / artifacts.STAGE_FOLDERS["score"])
+            scores = [r for f in files for r in pq.read_table(f, columns=["reward"])["reward"].to_pylist()]
+            ax.hist(scores, bins=edges, histtype="step", density=True, label="round samples")
+        ax.set_title(f"round {row['label']}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
+    axes[n - 1].legend(fontsize=7)
+    fig.suptitle("Reward histograms per round")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def plot_quality(rows: list[dict[str, Any]]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    panels = [
+        ("Perplexity of held-out reference text", [("perplexity", "perplexity")]),
+        (
+            "Diversity of sampled completions",
+            [("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("msttr", "MSTTR")],
+        ),
+        ("KL estimate to the base model (nats)", [("kl", "mean log p - log p_base")]),
+        ("Length of sampled completions", [("mean_tokens", "mean tokens")]),
+    ]
+    for ax, (title, series) in zip(axes.ravel(), panels, strict=True):
+        for key, label in series:
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, "o-", label=label)
+        _round_axis(ax, rows)
+        ax.set_title(title, fontsize=10)
+        if len(series) > 1:
+            ax.legend(fontsize=8)
+    xs, ys = _series(rows, "truncation_rate")
+    if xs:
+        twin = axes[1, 1].twinx()
+        twin.plot(xs, ys, "s--", color="tab:red", label="truncation rate")
+        twin.set_ylim(0, 1.05)
+        twin.set_ylabel("truncation rate", color="tab:red")
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HTML
+
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.5em; vertical-align: top; }
+th { background: #f0f0f0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.kept td { background: #e7f6e7; }
+img { max-width: 100%; }
+.muted { color: #777; }
+"""
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    return "" if value is None else fmt.format(value)
+
+
+def metrics_markdown(rows: list[dict[str, Any]]) -> str:
+    """The per-round table as Markdown (for a terminal or a README)."""
+    head = "| round | " + " | ".join(t for t, _, _ in TABLE_COLUMNS) + " |"
+    sep = "|---" * (len(TABLE_COLUMNS) + 1) + "|"
+    body = [
+        f"| {r['label']} | " + " | ".join(_fmt(r["metrics"].get(k), f) for _, k, f in TABLE_COLUMNS) + " |"
+        for r in rows
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def metrics_html(rows: list[dict[str, Any]]) -> str:
+    head = "<tr><th>round</th>" + "".join(f"<th>{html.escape(t)}</th>" for t, _, _ in TABLE_COLUMNS) + "</tr>"
+    body = "".join(
+        f"<tr><td>{r['label']}</td>"
+        + "".join(f'<td class="num">{_fmt(r["metrics"].get(k), f)}</td>' for _, k, f in TABLE_COLUMNS)
+        + "</tr>"
+        for r in rows
+    )
+    return f"<table>{head}{body}</table>"
+
+
+def examples_html(rows: list[dict[str, Any]], n: int) -> str:
+    """Held-out prompts with the greedy completion of the base model and of the latest model."""
+    first, last = rows[0], rows[-1]
+
+    def greedy(table: pa.Table) -> dict[str, tuple[str, float]]:
+        t = table.filter(pc.equal(table["kind"], "greedy")).to_pylist()
+        return {r["prompt_id"]: (r["prompt"], r["completion"], r["reward"]) for r in t}
+
+    a, b = greedy(first["eval"]), greedy(last["eval"])
+    out = [
+        f"<tr><th>prompt</th><th>round {html.escape(first['label'])}</th><th>reward</th>"
+        f"<th>round {html.escape(last['label'])}</th><th>reward</th></tr>"
+    ]
+    for pid in list(a)[:n]:
+        prompt, ca, ra = a[pid]
+        _, cb, rb = b.get(pid, (prompt, "", None))
+        out.append(
+            f"<tr><td>{html.escape(prompt)}</td><td>{html.escape(ca)}</td><td class='num'>{ra:.3f}</td>"
+            f"<td>{html.escape(cb)}</td><td class='num'>{_fmt(rb, '{:.3f}')}</td></tr>"
+        )
+    return "<table>" + "".join(out) + "</table>"
+
+
+def kept_rejected_html(samples: pa.Table, n_prompts: int) -> str:
+    """The latest round's samples for a few prompts: the kept one highlighted, the rejected ones below it."""
+    rows = samples.to_pylist()
+    prompt_ids = list(dict.fromkeys(r["prompt_id"] for r in rows))[:n_prompts]
+    out = ["<tr><th>prompt</th><th>sample</th><th>completion</th><th>reward</th><th></th></tr>"]
+    for pid in prompt_ids:
+        group = [r for r in rows if r["prompt_id"] == pid]
+        for j, r in enumerate(group):
+            prompt = f"<td rowspan='{len(group)}'>{html.escape(r['prompt'])}</td>" if j == 0 else ""
+            out.append(
+                f"<tr class='{'kept' if r['kept'] else 'rejected'}'>{prompt}<td class='num'>{r['sample_idx']}</td>"
+                f"<td>{html.escape(r['completion'])}</td><td class='num'>{r['reward']:.3f}</td>"
+                f"<td>{'kept' if r['kept'] else 'rejected'}</td></tr>"
+            )
+    return "<table>" + "".join(out) + "</table>"
+
+
+def _img(name: str, png: bytes) -> str:
+    return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) -> Path:
+    """Write `index.html` and its PNGs to `out_dir` (default `<experiment>/report/`); returns the HTML path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = collect(cfg)
+    if not rows:
+        raise artifacts.StageError(
+            f"{artifacts.experiment_dir(cfg)} has no finished eval yet: run `raft-data rounds N` or `raft-data eval`"
+        )
+    out_dir = out_dir or artifacts.experiment_dir(cfg) / "report"
+    pngs = {
+        "reward.png": plot_rewards(rows),
+        "histograms.png": plot_histograms(rows),
+        "quality.png": plot_quality(rows),
+    }
+    for name, png in pngs.items():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / name).write_bytes(png)
+    latest = [r for r in rows if r.get("dir") is not None]
+    kept = ""
+    if latest:
+        kept = (
+            f"<h2>Kept and rejected samples, round {latest[-1]['label']} ({html.escape(cfg.select.strategy)})</h2>"
+            + kept_rejected_html(round_samples(latest[-1]["dir"]), 6)
+        )
+    title = f"RAFT report: {cfg.experiment.name}"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="muted">{html.escape(str(artifacts.experiment_dir(cfg)))} &middot; reward {html.escape(cfg.score.reward)}
+&middot; selection {html.escape(cfg.select.strategy)} &middot; K = {cfg.generate.n_samples}
+&middot; b = {cfg.prompts.n_prompts} &middot; mode {cfg.rounds.mode}, SFT from {cfg.rounds.sft_from}.
+Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} prompts never trained on;
+"base" is the base model.</p>
+<h2>Per-round metrics</h2>
+{metrics_html(rows)}
+<h2>Reward per round</h2>
+{_img("reward per round", pngs["reward.png"])}
+<h2>Reward histograms</h2>
+{_img("reward histograms", pngs["histograms.png"])}
+<h2>Perplexity, diversity, KL and length</h2>
+{_img("perplexity and diversity", pngs["quality.png"])}
+<h2>Held-out examples: greedy completions</h2>
+{examples_html(rows, n_examples)}
+{kept}
+</body></html>
+"""
+    path = out_dir / "index.html"
+    artifacts.write_text(page, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparing experiments (e.g. a sweep over K)
+
+
+def compare_experiments(cfg: Config, names: list[str], out_dir: Path) -> Path:
+    """Held-out reward per round of several experiments under the same output root: `compare.png`,
+    `index.html` and a Markdown table of each experiment's rows."""
+    import dataclasses
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sections = []
+    for name in names:
+        sub = dataclasses.replace(cfg, experiment=dataclasses.replace(cfg.experiment, name=name))
+        rows = collect(sub)
+        if not rows:
+            raise artifacts.StageError(f"{artifacts.experiment_dir(sub)} has no finished eval: run its rounds first")
+        xs, ys = _series(rows, "reward_sampled")
+        ax.plot(xs, ys, "o-", label=name)
+        sections.append((name, rows))
+    longest = max((rows for _, rows in sections), key=len)
+    _round_axis(ax, longest)
+    ax.set_ylabel("held-out mean reward (sampled)")
+    ax.set_title("Held-out reward per round")
+    ax.legend(fontsize=8)
+    png = _figure_png(fig)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.png").write_bytes(png)
+    tables = "".join(f"<h2>{html.escape(name)}</h2>{metrics_html(rows)}" for name, rows in sections)
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>RAFT comparison</title>'
+        f"<style>{CSS}</style></head><body><h1>RAFT comparison</h1>{_img('held-out reward', png)}{tables}"
+        "</body></html>"
+    )
+    artifacts.write_text(page, out_dir / "index.html")
+    artifacts.write_text(
+        "\n\n".join(f"### {name}\n\n{metrics_markdown(rows)}" for name, rows in sections) + "\n", out_dir / "tables.md"
+    )
+    return out_dir / "index.html"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raft-data report", description="Write an HTML report with plots of every evaluated round."
+    )
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <experiment>/report/)")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="EXPERIMENT", default=None, help="compare these experiment names instead"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_intermixed_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.compare:
+            out = args.out or artifacts.experiment_dir(cfg).parent / "compare"
+            path = compare_experiments(cfg, args.compare, out)
+            print((path.parent / "tables.md").read_text(encoding="utf-8"))
+        else:
+            path = write_report(cfg, args.out)
+            print(metrics_markdown(collect(cfg)))
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"report: {path.resolve()}")
+
+
+if __name__ == "__main__":
+    main()

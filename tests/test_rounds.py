@@ -1,0 +1,194 @@
+"""Many rounds with eval, resume after an interrupted round, rounds modes, and the HTML report, on the tiny model."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from raft_data import artifacts, schemas
+from raft_data.config import Config, ConfigError, load_config
+from raft_data.evaluate import baseline_dir
+from raft_data.prompts import DataError, split_prompts
+from raft_data.report import write_report
+from raft_data.rounds import run_rounds
+
+from .conftest import REVIEW_OPENINGS, make_config
+
+EVAL = {"n_prompts": 3, "n_samples": 2, "reference_column": "text", "second_reward": "vader_completion"}
+
+
+def write_reviews(path: Path) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(REVIEW_OPENINGS):
+            f.write(json.dumps({"id": f"p{i:03d}", "prompt": text, "text": f"{text} a film I will remember."}) + "\n")
+    return path
+
+
+def rounds_config(tmp_path: Path, model_dir: Path, **sections: dict) -> Config:
+    prompts = write_reviews(tmp_path / "reviews.jsonl")
+    return make_config(
+        tmp_path,
+        model_dir,
+        prompts,
+        **{"prompts": {"heldout_fraction": 0.3, "n_prompts": 4}, "generate": {"n_samples": 2, "n_shards": 2}}
+        | {"eval": EVAL}
+        | sections,
+    )
+
+
+@pytest.fixture(scope="module")
+def two_rounds(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Config:
+    cfg = rounds_config(tmp_path_factory.mktemp("rounds"), tiny_model_dir)
+    run_rounds(cfg, 2)
+    return cfg
+
+
+def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
+    cfg = two_rounds
+    train, heldout = split_prompts(cfg.prompts)
+    assert heldout.num_rows >= 1
+    n_eval = min(EVAL["n_prompts"], heldout.num_rows)
+    folders = [baseline_dir(cfg)] + [artifacts.round_dir(cfg, r) / "eval" for r in (0, 1)]
+    for folder in folders:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        table = pq.read_table(folder / "completions.parquet")
+        assert table.schema.equals(schemas.EVAL_COMPLETIONS)
+        assert table.num_rows == n_eval * (1 + EVAL["n_samples"])
+        # evaluated on held-out prompts only
+        assert set(table["prompt_id"].to_pylist()) <= set(heldout["prompt_id"].to_pylist())
+        m = manifest["metrics"]
+        for key in ("reward_greedy", "reward_sampled", "second_reward_sampled", "perplexity", "distinct_2", "kl"):
+            assert m[key] is not None, key
+        assert m["perplexity"] > 1
+        assert 0 <= m["distinct_1"] <= 1 and 0 <= m["msttr"] <= 1 and 0 <= m["truncation_rate"] <= 1
+        rewards = [
+            r for r, k in zip(table["reward"].to_pylist(), table["kind"].to_pylist(), strict=True) if k == "sampled"
+        ]
+        assert m["reward_sampled"] == pytest.approx(sum(rewards) / len(rewards))
+    base = json.loads((folders[0] / "manifest.json").read_text())["metrics"]
+    assert base["kl"] == 0.0 and base["reward_all"] is None
+    for r in (0, 1):
+        m = json.loads((folders[r + 1] / "manifest.json").read_text())["metrics"]
+        scores = pq.read_table(artifacts.shard_files(artifacts.round_dir(cfg, r) / "scores")).to_pylist()
+        best: dict[str, float] = {}
+        for row in scores:
+            best[row["prompt_id"]] = max(best.get(row["prompt_id"], -9.0), row["reward"])
+        assert m["reward_all"] == pytest.approx(sum(s["reward"] for s in scores) / len(scores))
+        assert m["reward_best_of_k"] == pytest.approx(sum(best.values()) / len(best))
+        assert m["reward_selected"] == pytest.approx(m["reward_best_of_k"])  # best_per_prompt keeps the best
+        # the training prompts never include a held-out one
+        trained = pq.read_table(artifacts.round_dir(cfg, r) / "prompts.parquet")["prompt_id"].to_pylist()
+        assert not set(trained) & set(heldout["prompt_id"].to_pylist())
+    # online mode: round 1 samples from round 0's model
+    generator = pq.read_table(artifacts.shard_files(artifacts.round_dir(cfg, 1) / "samples"))["generator"][0].as_py()
+    assert generator.endswith(str(artifacts.round_dir(cfg, 0) / "model"))
+
+
+def _png_ok(data: bytes) -> bool:
+    import io
+
+    import matplotlib.image
+
+    return data[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(io.BytesIO(data), format="png").size > 0
+
+
+def test_report_renders_html_with_plots(two_rounds: Config, tmp_path: Path) -> None:
+    path = write_report(two_rounds, tmp_path / "report")
+    page = path.read_text(encoding="utf-8")
+    for name in ("reward.png", "histograms.png", "quality.png"):
+        assert _png_ok((tmp_path / "report" / name).read_bytes())
+    embedded = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(embedded) == 3 and all(_png_ok(base64.b64decode(b)) for b in embedded)
+    assert page.count("<tr>") >= 4  # header, base, round 0, round 1 in the metrics table at least
+    assert "kept" in page and "rejected" in page
+    # the latest model's greedy completions appear in the examples table
+    latest = pq.read_table(artifacts.round_dir(two_rounds, 1) / "eval" / "completions.parquet").to_pylist()
+    import html
+
+    greedy = [r["completion"] for r in latest if r["kind"] == "greedy"]
+    assert any(html.escape(c) in page for c in greedy)
+
+
+def test_report_renders_in_headless_chromium(two_rounds: Config, tmp_path: Path) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    path = write_report(two_rounds, tmp_path / "report")
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,2000"]
+        + [path.resolve().as_uri()],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert _png_ok(shot.read_bytes())
+
+
+def test_rounds_resume_after_an_interrupted_round(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import raft_data.rounds as rounds_module
+
+    cfg = rounds_config(tmp_path, tiny_model_dir)
+    real_evaluate = rounds_module.evaluate
+
+    def interrupted(cfg: Config, round_idx: int, force: bool = False) -> dict:
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C when the round reached its eval
+
+    monkeypatch.setattr(rounds_module, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_rounds(cfg, 1)
+    r0 = artifacts.round_dir(cfg, 0)
+    assert (r0 / "model" / "manifest.json").exists() and not (r0 / "eval").exists()
+    started = {p: json.loads(p.read_text())["started"] for p in r0.glob("*/manifest.json")}
+    assert len(started) == 4  # samples, scores, selected, model
+    monkeypatch.setattr(rounds_module, "evaluate", real_evaluate)
+    results = run_rounds(cfg, 1)
+    assert len(results) == 1 and results[0]["reward_sampled"] is not None
+    assert (r0 / "eval" / "manifest.json").exists() and (baseline_dir(cfg) / "manifest.json").exists()
+    for p, t in started.items():  # nothing finished before the interruption was redone
+        assert json.loads(p.read_text())["started"] == t, p
+
+
+def test_offline_mode_and_sft_from_base_choose_models(tmp_path: Path, tiny_model_dir: Path) -> None:
+    base = str(tiny_model_dir)
+    for mode, sft_from, want_generate, want_train in (
+        ("online", "previous", "prev", "prev"),
+        ("offline", "previous", "base", "prev"),
+        ("online", "base", "prev", "base"),
+        ("offline", "base", "base", "base"),
+    ):
+        cfg = rounds_config(tmp_path, tiny_model_dir, rounds={"mode": mode, "sft_from": sft_from})
+        prev = artifacts.round_dir(cfg, 0) / "model"
+        prev.mkdir(parents=True, exist_ok=True)
+        (prev / "manifest.json").write_text(json.dumps({"config_hash": "abc"}))
+        want = {"prev": str(prev), "base": base}
+        assert artifacts.policy_for_round(cfg, 1, role="generate")[0] == want[want_generate]
+        assert artifacts.policy_for_round(cfg, 1, role="train")[0] == want[want_train]
+        assert artifacts.policy_for_round(cfg, 0, role="train")[0] == base
+
+
+def test_eval_without_heldout_prompts_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from raft_data.evaluate import eval_prompts
+
+    cfg = rounds_config(tmp_path, tiny_model_dir, prompts={"heldout_fraction": 0.0})
+    with pytest.raises(DataError, match="heldout_fraction"):
+        eval_prompts(cfg)
+
+
+def test_rounds_and_eval_config_errors_name_the_key(tmp_path: Path) -> None:
+    for override, key in (
+        ("rounds.mode=sometimes", "rounds.mode"),
+        ("rounds.sft_from=scratch", "rounds.sft_from"),
+        ("rounds.patience=-1", "rounds.patience"),
+        ("eval.n_prompts=0", "eval.n_prompts"),
+        ("eval.n_samples=0", "eval.n_samples"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            load_config(None, ["model.name_or_path=m", "prompts.path=p.jsonl", override])
