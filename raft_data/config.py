@@ -215,6 +215,22 @@ class SelectConfig:
 
 
 @dataclass
+class LoraConfig:
+    # LoRA through TRL's peft_config; r = 0 fine-tunes every parameter, as the paper does
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = True  # save the merged model (a plain folder the next round samples from); false: the adapter
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 0, "lora.r", self.r, ">= 0 (0 turns LoRA off)")
+        _require(self.alpha >= 1, "lora.alpha", self.alpha, ">= 1")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
+        _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig
     model: ModelConfig
@@ -224,6 +240,7 @@ class Config:
     select: SelectConfig
     # TRL SFTConfig fields, passed through as they are (checked against SFTConfig when training starts).
     sft: dict[str, Any] = field(default_factory=dict)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -239,6 +256,7 @@ SECTIONS: dict[str, type] = {
     "generate": GenerateConfig,
     "score": ScoreConfig,
     "select": SelectConfig,
+    "lora": LoraConfig,
 }
 
 
