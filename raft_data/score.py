@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from raft_data import artifacts, schemas
 from raft_data.cli_common import add_stage_args, run_cli
-from raft_data.config import Config, config_hash
+from raft_data.config import Config, ScoreConfig, config_hash
 from raft_data.logprobs import load_logprob_fn
 from raft_data.prompts import DataError
 from raft_data.rewards import combine, load_components
@@ -38,7 +38,10 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
     samples_manifest = artifacts.read_manifest(samples_dir, "generate", round_idx)
     folder = rdir / artifacts.STAGE_FOLDERS["score"]
     kl = cfg.score.beta > 0
-    stage_cfg = {"score": cfg.score.__dict__, "samples": samples_manifest["config_hash"], "round": round_idx}
+    # new score fields enter the hash only when set, so rounds scored before they existed stay valid
+    defaults = ScoreConfig()
+    score_cfg = {k: v for k, v in cfg.score.__dict__.items() if k in ("reward", "text") or v != getattr(defaults, k)}
+    stage_cfg = {"score": score_cfg, "samples": samples_manifest["config_hash"], "round": round_idx}
     if kl:
         generator_path, generator_id = artifacts.policy_for_round(cfg, round_idx)
         ref_path = cfg.score.ref_model or cfg.model.name_or_path

@@ -66,9 +66,10 @@ def load_selected(files: list[Path]):
 
 def process_state():
     """accelerate's PartialState: one process without a launcher, one per rank under `accelerate launch`."""
+    import torch
     from accelerate import PartialState
 
-    return PartialState()
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def peft_config(cfg: Config):

@@ -26,11 +26,12 @@ SMALL = {"prompts": {"n_prompts": 4}, "generate": {"n_samples": 2, "max_new_toke
 SFT = {"sft": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 64}}
 
 
-def make_round(tmp_path: Path, model_dir: Path, prompts_file: Path, name: str, round_idx: int = 0):
-    cfg = make_config(tmp_path, model_dir, prompts_file, experiment={"name": name}, **SMALL, **SFT)
-    generate(cfg, round_idx)
-    score(cfg, round_idx)
-    select(cfg, round_idx)
+def make_round(tmp_path: Path, model_dir: Path, prompts_file: Path, name: str, seed: int = 0):
+    experiment = {"name": name, "seed": seed}
+    cfg = make_config(tmp_path, model_dir, prompts_file, experiment=experiment, **SMALL, **SFT)
+    generate(cfg, 0)
+    score(cfg, 0)
+    select(cfg, 0)
     return cfg
 
 
@@ -41,7 +42,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture
 def two_experiments(tmp_path, tiny_model_dir, prompts_file):
     a = make_round(tmp_path, tiny_model_dir, prompts_file, "exp_a")
-    b = make_round(tmp_path, tiny_model_dir, prompts_file, "exp_b")
+    b = make_round(tmp_path, tiny_model_dir, prompts_file, "exp_b", seed=1)  # other prompts and samples
     return a, b
 
 
@@ -103,18 +104,18 @@ def test_round_sft_with_lora(tmp_path, tiny_model_dir, prompts_file) -> None:
 
 
 def test_sft_data_parallel_two_cpu_processes(tmp_path, tiny_model_dir, two_experiments) -> None:
-    """`accelerate launch --cpu --num_processes 2`: each rank trains on its half, together on all 8 examples once."""
+    """Two CPU processes under `accelerate launch`: each rank trains on its half, together on all 8 examples once.
+    (On a machine without GPUs, accelerate's --multi_gpu starts torchrun processes that use gloo on the CPU;
+    `--cpu --num_processes 2` alone runs one process unless an MPI hostfile is given.)"""
     out = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "-m", "raft_sft.train", "--config", str(tmp_path / "cfg.yaml"),
         "--data", str(tmp_path / "runs" / "exp_*" / "round-0000"),
         "--model", str(tiny_model_dir), "--output", str(out), "--log-examples",
     ]  # fmt: skip
-    (tmp_path / "cfg.yaml").write_text(
-        "sft:\n  num_train_epochs: 1\n  per_device_train_batch_size: 2\n  learning_rate: 1.0e-3\n  max_length: 64\n"
-    )
+    (tmp_path / "cfg.yaml").write_text(two_experiments[0].to_yaml())  # its sft: 1 epoch, 2 per device
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,3 +143,23 @@ def test_student_keeps_spread_layers(tmp_path, tiny_model_dir) -> None:
     name = "model.layers.{}.self_attn.q_proj.weight"
     assert torch.equal(student[name.format(0)], teacher[name.format(1)])
     assert name.format(1) not in student
+
+
+def test_evaluate_on_heldout_prompts(tmp_path, tiny_model_dir, prompts_file) -> None:
+    import pyarrow.parquet as pq
+
+    from raft_data.evaluate import evaluate
+    from raft_data.prompts import split_prompts
+    from raft_data.rewards import vader
+
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, prompts={"heldout_fraction": 0.5}, **SMALL)
+    result = evaluate(cfg, str(tiny_model_dir), 2, tmp_path / "eval.parquet")
+    table = pq.read_table(tmp_path / "eval.parquet").to_pydict()
+    _, heldout = split_prompts(cfg.prompts)
+    assert set(table["prompt_id"]) == set(heldout["prompt_id"].to_pylist()[:2])  # held-out prompts only
+    assert result["samples"] == len(table["reward"]) == 2 * cfg.generate.n_samples
+    assert table["reward"] == vader(table["prompt"], table["completion"])
+    assert result["mean_reward"] == pytest.approx(sum(table["reward"]) / len(table["reward"]))
+    # the same seed for every model: a second evaluation of the same model gives the same samples
+    again = evaluate(cfg, str(tiny_model_dir), 2)
+    assert again["mean_reward"] == result["mean_reward"]
