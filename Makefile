@@ -68,6 +68,20 @@ demo: setup
 clean:
 	rm -rf runs
 
+# Looking at a round, and the selection benchmark.
+# make inspect ROUND=n [EXAMPLES=3];  make sql ROUND=n Q="select ..."
+EXAMPLES ?= 3
+.PHONY: inspect sql bench-select
+
+inspect: setup
+	@$(VENV)/bin/raft-data inspect --config $(EXP) --round $(ROUND) --examples $(EXAMPLES) $(OVERRIDES)
+
+sql: setup
+	@$(VENV)/bin/raft-data sql "$(Q)" --config $(EXP) --round $(ROUND) $(OVERRIDES)
+
+bench-select: setup
+	$(PY) bench/select.py
+
 # --- Rewards and distillation -----------------------------------------------------------------------------------------
 # LAUNCHER runs SFT under a launcher, e.g. data parallel on two processes:
 #   make sft LAUNCHER="$(VENV)/bin/accelerate launch --multi_gpu --num_processes 2"

@@ -5,6 +5,8 @@ Run as:
     raft-data score    --config pipelines/imdb_positive.yaml --round 0
     raft-data select   --config pipelines/imdb_positive.yaml --round 0
     raft-data status   --config pipelines/imdb_positive.yaml --round 0
+    raft-data inspect  --config pipelines/imdb_positive.yaml --round 0
+    raft-data sql "select count(*) from selected" --config pipelines/imdb_positive.yaml --round 0
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import sys
 COMMANDS = {
     "generate": ("raft_data.generate", "sample K completions per prompt into samples/ shards"),
     "score": ("raft_data.score", "score every sample with the reward into scores/ shards"),
-    "select": ("raft_data.select", "rank with a DuckDB query into selected/ (best sample per prompt)"),
+    "select": ("raft_data.select", "rank with a DuckDB query into selected/ (best per prompt, or another strategy)"),
     "status": ("raft_data.status", "show which stages of a round are done, with counts and rewards"),
+    "inspect": ("raft_data.inspect", "counts, reward quantiles, guard drops, kept vs rejected samples of a round"),
+    "sql": ("raft_data.query", "run a DuckDB select over a round's views (samples, scores, selected, ...)"),
 }
 
 USAGE = """usage: raft-data COMMAND [--config CONFIG] [--round N] [--force] [section.key=value ...]

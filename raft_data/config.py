@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import sys
 import types
 import typing
@@ -208,10 +209,43 @@ def _check_reward_component(i: int, c: Any) -> str:
 
 @dataclass
 class SelectConfig:
-    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/
+    strategy: str = "best_per_prompt"  # a .sql file in raft_data/sql/, or "custom" with sql_file
+    rank_by: str = "reward"  # a numeric column of scores/ that strategies rank by
+    # strategy parameters, bound as DuckDB parameters ($n, $alpha, $tau)
+    n: int = 1  # top_n_per_prompt: samples kept per prompt
+    alpha: float | None = None  # global_top: fraction of all samples kept; None = 1/K, as many as best-of-K keeps
+    tau: float = 0.0  # threshold: keep samples with rank_by >= tau
+    # guards, applied before ranking in this order; each is off by default and counted in the manifest
+    drop_truncated: bool = False  # samples that hit max_new_tokens
+    drop_empty: bool = False  # completions that are empty or only whitespace
+    drop_duplicates: bool = False  # repeated completions of one prompt (the lowest sample_idx stays)
+    drop_constant: bool = False  # prompts whose remaining samples all score the same
+    min_margin: float = 0.0  # > 0: drop prompts whose best and second-best scores differ by less
+    # the user's own SQL over the views samples, scores and candidates
+    where: str | None = None  # a where clause on candidates before ranking, e.g. "n_tokens >= 8"
+    qualify: str | None = None  # a qualify clause on candidates before ranking (window functions)
+    sql_file: str | None = None  # a whole selection query; needs strategy: custom
+    # output
+    format: str = "prompt_completion"  # prompt_completion | messages (conversational)
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+        _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
+        _require(self.n >= 1, "select.n", self.n, ">= 1")
+        _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
+        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        for key in ("where", "qualify", "sql_file"):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
+        _require(
+            (self.strategy == "custom") == (self.sql_file is not None),
+            "select.strategy",
+            self.strategy,
+            "custom together with select.sql_file (and sql_file only with strategy custom)",
+        )
+        formats = ("prompt_completion", "messages")
+        _require(self.format in formats, "select.format", self.format, "|".join(formats))
 
 
 @dataclass
@@ -258,6 +292,21 @@ SECTIONS: dict[str, type] = {
     "select": SelectConfig,
     "lora": LoraConfig,
 }
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write it: `2e-5` is a float (YAML 1.1 would read it as a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)$|^[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: builds plain data only
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -342,7 +391,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or key.count(".") != 1:
         raise ConfigError(f"override {text!r} is invalid: expected section.key=value, e.g. generate.n_samples=8")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = read_yaml(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -356,7 +405,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):

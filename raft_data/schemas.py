@@ -51,3 +51,19 @@ SELECTED = pa.schema(
         pa.field("round", pa.int32(), nullable=False),
     ]
 )
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# `selected/` with select.format=messages: the prompt as the user turn, the completion as the assistant turn.
+SELECTED_MESSAGES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)

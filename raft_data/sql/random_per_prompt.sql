@@ -1,26 +1,14 @@
--- random_per_prompt: the baseline that shows ranking matters. For each prompt keep one sample chosen by a
+-- random_per_prompt: the baseline that shows ranking matters. For each prompt keep one candidate chosen by a
 -- hash of (prompt_id, sample_idx), ignoring the reward: the same rows on every rerun, unrelated to quality.
--- Reads the views raw_samples and raw_scores (one row per sample each).
+-- Reads the view candidates.
 
-with samples as (
-    select prompt_id, sample_idx, prompt, completion, n_tokens, truncated, source, round
-    from raw_samples
-),
-
-scores as (
-    select prompt_id, sample_idx, reward
-    from raw_scores
-),
-
-scored_samples as (
-    select samples.*, scores.reward
-    from samples
-    join scores using (prompt_id, sample_idx)
+with candidate_rows as (
+    select * from candidates
 ),
 
 picked as (
     select *
-    from scored_samples
+    from candidate_rows
     qualify row_number() over (partition by prompt_id order by hash(prompt_id, sample_idx), sample_idx) = 1
 ),
 

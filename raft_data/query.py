@@ -1,0 +1,78 @@
+"""`raft-data sql`: run one DuckDB select query over a round and print the result.
+
+Run as:
+    raft-data sql "select prompt_id, max(reward) from scores group by all order by 2 desc limit 5" --round 0
+    raft-data sql "select * from selected" --round 0 --csv > selected.csv
+
+Views: samples, scores (every column of the shards, plus round), scored (samples joined with scores, with
+rank_key), guarded (scored with dropped_by, the guard that drops each row), candidates (what the strategy ranks),
+selected (selected/), prompts (prompts.parquet). Only a single select statement is accepted: the round's files
+are never written. Parameters $round, $n, $alpha, $tau are bound from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from raft_data.cli_common import DEFAULT_CONFIG, user_errors
+from raft_data.config import Config, load_config
+from raft_data.select import round_connection, run_query, select_params
+
+
+def format_table(table: pa.Table, max_rows: int, width: int = 60) -> str:
+    """An aligned text table of the first max_rows rows; long cells are cut to `width` characters."""
+
+    def cell(value: object) -> str:
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        text = " ".join(text.split())
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+    rows = [[cell(v) for v in row.values()] for row in table.slice(0, max_rows).to_pylist()]
+    names = table.column_names
+    widths = [max([len(n), *(len(r[i]) for r in rows)]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    shown = f"{min(max_rows, table.num_rows)} of {table.num_rows} rows"
+    lines.append(f"({shown})")
+    return "\n".join(lines)
+
+
+def run_sql(cfg: Config, round_idx: int, query: str) -> pa.Table:
+    """The query's result over round `round_idx`'s views."""
+    con = round_connection(cfg, round_idx)
+    return run_query(con, query, select_params(cfg, round_idx), "query")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data sql",
+        description="Run a DuckDB select query over a round (views samples, scores, scored, guarded, candidates, "
+        "selected, prompts) and print the result.",
+    )
+    parser.add_argument("query", help='one select statement, e.g. "select count(*) from samples"')
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--round", type=int, default=0, help="round index (default: 0)")
+    parser.add_argument("--max-rows", type=int, default=40, help="rows to print (default: 40)")
+    parser.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = parser.parse_intermixed_args(argv)  # the query, options and overrides in any order
+    if args.round < 0:
+        parser.error(f"--round={args.round} is invalid: expected >= 0")
+    try:
+        table = run_sql(load_config(args.config, args.overrides), args.round, args.query)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if args.csv:
+        pacsv.write_csv(table, sys.stdout.buffer)
+    else:
+        print(format_table(table, args.max_rows))
+
+
+if __name__ == "__main__":
+    main()

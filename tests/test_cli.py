@@ -1,0 +1,53 @@
+"""The commands as users type them: help that helps, and one-line errors with exit status 2."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import ROOT, make_config
+
+
+def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    code = "import sys; from raft_data.cli import main; sys.argv[0] = 'raft-data'; main()"
+    if args and args[0] == "raft-sft":
+        code = "from raft_sft.train import cli; cli()"
+        args = args[1:]
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
+
+
+def test_top_level_help_lists_the_commands() -> None:
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("generate", "score", "select", "status"):
+        assert command in out.stdout
+
+
+@pytest.mark.parametrize("command", ["generate", "score", "select"])
+def test_each_command_explains_itself(command: str) -> None:
+    out = run(command, "--help")
+    assert out.returncode == 0 and "--round" in out.stdout and "section.key=value" in out.stdout
+
+
+def test_raft_sft_help() -> None:
+    assert "train" in run("raft-sft", "--help").stdout
+    out = run("raft-sft", "train", "--help")
+    assert out.returncode == 0 and "--round" in out.stdout
+
+
+def test_user_errors_are_one_line_with_exit_status_2(tmp_path, tiny_model_dir, prompts_file) -> None:
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(make_config(tmp_path, tiny_model_dir, prompts_file).to_yaml())
+    cases = [
+        (("generate", "--config", str(cfg_path), "generate.n_samples=0"), "generate.n_samples=0"),
+        (("generate", "--config", str(cfg_path), "score.rewrd=vader"), "unknown key score.rewrd"),
+        (("score", "--config", str(cfg_path)), "run `raft-data generate --round 0` first"),
+        (("generate", "--config", str(tmp_path / "missing.yaml")), "missing.yaml does not exist"),
+        (("frobnicate",), "unknown command 'frobnicate'"),
+    ]
+    for args, message in cases:
+        out = run(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr

@@ -1,0 +1,59 @@
+"""The SFT stage: a saved model whose every trainable parameter moved, and round n+1 starting from round n."""
+
+import json
+
+import pytest
+import torch
+from datasets import load_dataset
+from transformers import AutoModelForCausalLM
+
+from raft_data import artifacts
+from raft_data.config import ConfigError
+from raft_data.generate import generate
+from raft_data.score import score
+from raft_data.select import select
+from raft_sft.train import train
+
+from .conftest import make_config
+
+
+def build_round(cfg, round_idx: int) -> None:
+    generate(cfg, round_idx)
+    score(cfg, round_idx)
+    select(cfg, round_idx)
+
+
+def test_selected_loads_with_datasets_and_sft_changes_every_parameter(tiny_config, tiny_model_dir) -> None:
+    build_round(tiny_config, 0)
+    rdir = artifacts.round_dir(tiny_config, 0)
+    ds = load_dataset("parquet", data_files=str(rdir / "selected" / "*.parquet"), split="train")
+    assert len(ds) == 8 and {"prompt", "completion", "reward", "prompt_id"} <= set(ds.column_names)
+
+    manifest = train(tiny_config, 0)
+    before = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    after = AutoModelForCausalLM.from_pretrained(rdir / "model")
+    for (name, p0), (_, p1) in zip(before.named_parameters(), after.named_parameters(), strict=True):
+        assert not torch.equal(p0, p1), f"{name} did not change"
+    assert manifest["counts"]["examples"] == 8 and manifest["start_model"] == str(tiny_model_dir)
+    assert json.loads((rdir / "model" / "manifest.json").read_text())["config_hash"] == manifest["config_hash"]
+    assert not (rdir / "model" / "training_args.bin").exists()
+    assert not artifacts.tmp_folder(rdir / "model").exists()
+
+
+def test_round_one_samples_from_and_trains_from_round_zeros_model(tiny_config) -> None:
+    build_round(tiny_config, 0)
+    train(tiny_config, 0)
+    manifest = generate(tiny_config, 1)
+    assert manifest["inputs"]["model"].startswith("round-0000:")
+    score(tiny_config, 1)
+    select(tiny_config, 1)
+    manifest = train(tiny_config, 1)
+    assert manifest["start_model"] == str(artifacts.round_dir(tiny_config, 0) / "model")
+
+
+def test_unknown_sft_field_is_refused_before_training(tmp_path, tiny_model_dir, prompts_file) -> None:
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, sft={"learning_rat": 1e-3})
+    build_round(cfg, 0)
+    with pytest.raises(ConfigError, match="unknown key sft.learning_rat"):
+        train(cfg, 0)
+    assert not (artifacts.round_dir(cfg, 0) / "model").exists()
