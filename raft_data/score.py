@@ -59,9 +59,10 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
         names = [c.name for c in components]
         schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []))
         if kl:
-            logp_fn = load_logprob_fn(generator_path, cfg.model, device, cfg.score.batch_size)
+            size = cfg.score.batch_size
+            logp_fn = load_logprob_fn(generator_path, cfg.model, device, size)
             # round 0 samples from the base model itself: log p_t = log p_0, one model is enough
-            ref_fn = logp_fn if ref_path == generator_path else load_logprob_fn(ref_path, cfg.model, device)
+            ref_fn = logp_fn if ref_path == generator_path else load_logprob_fn(ref_path, cfg.model, device, size)
         sample_files = artifacts.shard_files(samples_dir)
         n_rows = 0
         for src in tqdm(sample_files, desc=f"score round {round_idx}", unit="shard"):
