@@ -152,7 +152,8 @@ def test_evaluate_on_heldout_prompts(tmp_path, tiny_model_dir, prompts_file) -> 
     from raft_data.prompts import split_prompts
     from raft_data.rewards import vader
 
-    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, prompts={"heldout_fraction": 0.5}, **SMALL)
+    sections = {**SMALL, "prompts": {"n_prompts": 4, "heldout_fraction": 0.5}}
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **sections)
     result = evaluate(cfg, str(tiny_model_dir), 2, tmp_path / "eval.parquet")
     table = pq.read_table(tmp_path / "eval.parquet").to_pydict()
     _, heldout = split_prompts(cfg.prompts)
