@@ -114,4 +114,4 @@ distill: setup
 		--output $(DISTILL_DIR)/eval-after.parquet $(OVERRIDES)
 
 bench-score: setup
-	$(PY) bench/score.py
+	$(PY) -m bench.score  # as a module: bench/select.py would shadow the standard library's select

@@ -4,8 +4,8 @@ Texts are real movie-review snippets cut at random points, so lengths vary as co
 same texts with the same model and batch size; the scores agree (checked), only padding differs.
 
 Run as:
-    python bench/score.py                                   # MiniLM regressor (packaged encoder), 1024 texts
-    python bench/score.py --model assets/reward-minilm --n-texts 2048 --batch-size 32
+    python -m bench.score                                   # MiniLM regressor (packaged encoder), 1024 texts
+    python -m bench.score --model assets/reward-minilm --n-texts 2048 --batch-size 32
 """
 
 from __future__ import annotations
