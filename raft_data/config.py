@@ -87,6 +87,27 @@ class GenerateConfig:
     batch_size: int = 16  # prompts per forward batch (each expanded K ways)
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
+    shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
+    executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
+    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # chat and length
+    chat_template: bool = False  # render prompts (text, or a column of chat messages) with the tokenizer's template
+    max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
+    long_prompts: str = "skip"  # what to do with longer prompts: skip | truncate_left
+    # candidates from files, ranked with the policy's samples: [{name, path, completion_column, match, ...}]
+    extra_sources: list = field(default_factory=list)
+    # vllm backend: keyword arguments of vllm.LLM, passed through as they are (tensor_parallel_size, dtype,
+    # max_model_len, gpu_memory_utilization, enforce_eager, ...); dtype defaults to model.dtype
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai backend: any OpenAI-compatible server (vLLM, llama.cpp, TGI, a hosted API)
+    api_base: str = "http://127.0.0.1:8000/v1"
+    api_endpoint: str = "completions"  # completions | chat (the server applies the chat template)
+    api_model: str = ""  # the served model name; "" sends the round's model path (what `vllm serve PATH` serves)
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    api_concurrency: int = 8  # requests in flight at once
+    api_timeout_s: float = 120.0  # per request
+    api_max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
 
     def __post_init__(self) -> None:
         _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
@@ -99,6 +120,94 @@ class GenerateConfig:
         _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
         _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
+        _require(
+            self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+            "generate.max_prompt_tokens",
+            self.max_prompt_tokens,
+            ">= 1 or null",
+        )
+        _require(
+            self.long_prompts in ("skip", "truncate_left"),
+            "generate.long_prompts",
+            self.long_prompts,
+            "skip|truncate_left",
+        )
+        _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
+        self.extra_sources = [_extra_source(i, entry) for i, entry in enumerate(self.extra_sources)]
+        names = [source["name"] for source in self.extra_sources]
+        for name in names:
+            _require(names.count(name) == 1, "generate.extra_sources[].name", name, "a name used once")
+        endpoints = ("completions", "chat")
+        _require(self.api_endpoint in endpoints, "generate.api_endpoint", self.api_endpoint, "completions|chat")
+        _require(
+            self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
+        )
+        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
+        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
+        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
+        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _require(
+            "model" not in self.engine_kwargs,
+            "generate.engine_kwargs",
+            self.engine_kwargs,
+            "no 'model' key (the model is model.name_or_path, or the previous round's model)",
+        )
+
+
+EXTRA_SOURCE_DEFAULTS: dict[str, Any] = {
+    "name": None,  # the `source` column of its rows; "policy" is the model's own samples
+    "path": None,  # a .jsonl or .parquet file
+    "completion_column": "completion",
+    "match": "prompt_id",  # prompt_id: by id; prompt: by exact prompt text
+    "key_column": None,  # the column matched on; defaults to "prompt_id" or "prompt" after `match`
+    "strip_prompt": False,  # the completion repeats the prompt first (e.g. a full reference text): drop it
+    "max_per_prompt": None,  # keep at most this many per prompt, in file order
+}
+
+
+def _extra_source(index: int, entry: Any) -> dict[str, Any]:
+    """One `generate.extra_sources` entry, checked and completed with defaults (so the config hash is stable)."""
+    key = f"generate.extra_sources[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}={entry!r} is invalid: expected a mapping with name, path, completion_column, match")
+    unknown = sorted(set(entry) - set(EXTRA_SOURCE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}: it takes {', '.join(EXTRA_SOURCE_DEFAULTS)}")
+    out = {**EXTRA_SOURCE_DEFAULTS, **entry}
+    name, path = out["name"], out["path"]
+    _require(
+        isinstance(name, str) and bool(name) and name != "policy", f"{key}.name", name, "a name other than 'policy'"
+    )
+    _require(
+        isinstance(path, str) and Path(path).suffix in (".jsonl", ".json", ".parquet"),
+        f"{key}.path",
+        path,
+        "a .jsonl or .parquet file",
+    )
+    _require(out["match"] in ("prompt_id", "prompt"), f"{key}.match", out["match"], "prompt_id|prompt")
+    _require(
+        isinstance(out["completion_column"], str) and bool(out["completion_column"]),
+        f"{key}.completion_column",
+        out["completion_column"],
+        "a column name",
+    )
+    if out["key_column"] is None:
+        out["key_column"] = out["match"]
+    _require(
+        isinstance(out["key_column"], str) and bool(out["key_column"]),
+        f"{key}.key_column",
+        out["key_column"],
+        "a column name",
+    )
+    _require(isinstance(out["strip_prompt"], bool), f"{key}.strip_prompt", out["strip_prompt"], "true or false")
+    m = out["max_per_prompt"]
+    _require(
+        m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1),
+        f"{key}.max_per_prompt",
+        m,
+        ">= 1 or null",
+    )
+    return out
 
 
 # Keys a reward component (an item of a `score.reward` list) may hold. `ref` names a built-in or module:function;

@@ -89,6 +89,16 @@ def hash_id(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def _is_messages(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
+
+
 def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     """All prompts of the source as (prompt_id, prompt), in source order, deduplicated by prompt_id."""
     path = Path(cfg.path)
@@ -106,6 +116,8 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     prompts: list[str] = []
     seen: dict[str, str] = {}
     for i, text in enumerate(data[cfg.prompt_column]):
+        if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
+            text = json.dumps([{"role": m["role"], "content": m["content"]} for m in text], ensure_ascii=False)
         if not isinstance(text, str):
             raise DataError(f"{path}: row {i} field {cfg.prompt_column!r} is {text!r}, not text")
         if not text.strip():

@@ -42,7 +42,7 @@ def test_kill_9_during_generation_then_rerun_completes_the_round(tmp_path, tiny_
 
     samples_dir = artifacts.round_dir(killed, 0) / "samples"
     proc = stage(paths["killed"], "raft_data.generate")
-    deadline = time.time() + 300
+    deadline = time.time() + 1200
     while not list(samples_dir.glob("*.done")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import REVIEW_OPENINGS, make_config
 from test_select_strategies import brute_guards, brute_select, selected_keys
 
 from raft_data import artifacts
@@ -19,6 +18,8 @@ from raft_data.generate import generate
 from raft_data.score import score
 from raft_data.select import select
 from raft_sft.train import train
+
+from .conftest import REVIEW_OPENINGS, make_config
 
 
 @pytest.fixture(scope="module")

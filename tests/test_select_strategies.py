@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from fake_rounds import fake_config, random_rows, write_round
 
 from raft_data import artifacts
 from raft_data.artifacts import StageError
 from raft_data.config import ConfigError, SelectConfig
 from raft_data.prompts import DataError
 from raft_data.select import GUARDS, select
+
+from .fake_rounds import fake_config, random_rows, write_round
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The brute-force reference
