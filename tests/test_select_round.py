@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_select_strategies import brute_guards, brute_select, selected_keys
 
 from raft_data import artifacts
 from raft_data.cli import main as raft_data
@@ -20,6 +19,7 @@ from raft_data.select import select
 from raft_sft.train import train
 
 from .conftest import REVIEW_OPENINGS, make_config
+from .test_select_strategies import brute_guards, brute_select, selected_keys
 
 
 @pytest.fixture(scope="module")
