@@ -61,7 +61,7 @@ select: setup
 	$(VENV)/bin/raft-data select $(STAGE_ARGS)
 
 sft: setup
-	$(VENV)/bin/raft-sft train $(STAGE_ARGS)
+	$(LAUNCHER) $(VENV)/bin/raft-sft train $(STAGE_ARGS)
 
 status: setup
 	@$(VENV)/bin/raft-data status --config $(EXP) --round $(ROUND) $(OVERRIDES)
@@ -150,3 +150,37 @@ test-vllm: setup-vllm
 
 generate-vllm: setup-vllm
 	$(VLLM_ENV) $(VLLM_VENV)/bin/raft-data generate $(STAGE_ARGS) generate.backend=vllm
+
+# --- Rewards and distillation -----------------------------------------------------------------------------------------
+# LAUNCHER runs SFT under a launcher, e.g. data parallel on two processes:
+#   make sft LAUNCHER="$(VENV)/bin/accelerate launch --multi_gpu --num_processes 2"
+# (without GPUs that starts two CPU processes that use gloo; plain `--cpu --num_processes 2` starts one process).
+LAUNCHER ?=
+REWARD_MODEL ?= assets/reward-minilm
+DISTILL_ROUNDS ?= 0
+STUDENT_LAYERS ?= 6
+DISTILL_DIR ?= runs/distill
+EVAL_PROMPTS ?= 16
+DISTILL_DATA = $(foreach r,$(shell seq 0 $(DISTILL_ROUNDS)),runs/imdb_positive/round-$(shell printf %04d $(r)))
+
+.PHONY: reward-model distill bench-score
+
+# Fine-tune the packaged MiniLM encoder into a reward model on the human ratings (training split only).
+reward-model: setup
+	$(PY) -m raft_data.reward_model --config $(EXP) --output $(REWARD_MODEL)
+
+# Rounds 0..DISTILL_ROUNDS of the default experiment, distilled into a layer-dropped student; the student's mean
+# reward on held-out prompts before and after.
+distill: setup
+	for r in $(shell seq 0 $(DISTILL_ROUNDS)); do $(MAKE) --no-print-directory round ROUND=$$r || exit 1; done
+	$(PY) -m raft_sft.student --teacher assets/smollm2-135m-instruct --layers $(STUDENT_LAYERS) \
+		--output $(DISTILL_DIR)/student-init
+	$(PY) -m raft_data.heldout --config $(EXP) --model $(DISTILL_DIR)/student-init --n-prompts $(EVAL_PROMPTS) \
+		--output $(DISTILL_DIR)/eval-before.parquet $(OVERRIDES)
+	$(LAUNCHER) $(VENV)/bin/raft-sft train --config $(EXP) --data $(DISTILL_DATA) \
+		--model $(DISTILL_DIR)/student-init --output $(DISTILL_DIR)/student $(if $(FORCE),--force) $(OVERRIDES)
+	$(PY) -m raft_data.heldout --config $(EXP) --model $(DISTILL_DIR)/student --n-prompts $(EVAL_PROMPTS) \
+		--output $(DISTILL_DIR)/eval-after.parquet $(OVERRIDES)
+
+bench-score: setup
+	$(PY) -m bench.score  # as a module: bench/select.py would shadow the standard library's select

@@ -210,16 +210,110 @@ def _extra_source(index: int, entry: Any) -> dict[str, Any]:
     return out
 
 
+# Keys a reward component (an item of a `score.reward` list) may hold. `ref` names a built-in or module:function;
+# `model` a Hugging Face sequence-classification folder. Exactly one of the two.
+REWARD_COMPONENT_KEYS = {
+    "name": "its column in scores/ (default: the ref's name or the model folder's name)",
+    "ref": "a built-in reward name or module:function",
+    "model": "a sequence-classification model folder (a reward model)",
+    "weight": "its weight in the summed reward (default 1.0)",
+    "label": "classifiers: the label to read, by index or name (default: none, the model must have one logit)",
+    "output": "classifiers: probability | logit (default probability)",
+    "chat_template": "true: give the model the conversation in its own chat template (default false)",
+    "text": "what the model reads: prompt_completion | completion (default: score.text)",
+    "batch_size": "sequences per forward pass (default: score.batch_size)",
+    "max_length": "tokens the model reads, longer texts are cut (default 512)",
+}
+# Columns of scores/ that a component may not take as its name.
+RESERVED_SCORE_COLUMNS = ("prompt_id", "sample_idx", "reward", "reward_raw", "logp", "ref_logp")
+
+
 @dataclass
 class ScoreConfig:
-    reward: str = "vader"  # a built-in name (see raft_data.rewards.BUILTIN) or "module:function"
+    # the reward: a built-in name (see raft_data.rewards.BUILTIN), "module:function", or a list of components
+    # {name, ref | model, weight, ...} whose weighted sum is the reward, each kept as its own column
+    reward: str | list[dict[str, Any]] = "vader"
     text: str = "prompt_completion"  # what the reward reads: prompt_completion | completion
+    # the paper's KL-regularised rank key: with beta > 0, reward = r - beta * (logp - ref_logp), the raw r kept in
+    # reward_raw; logp is log p_t(y|x) under the round's generator, ref_logp log p_0(y|x) under the base model
+    beta: float = 0.0
+    ref_model: str | None = None  # p_0; None: model.name_or_path
+    # execution, for reward models and log-probabilities
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
-        _require(bool(self.reward), "score.reward", self.reward, "a reward name or module:function")
+        _require(bool(self.reward), "score.reward", self.reward, "a reward name, module:function or a list")
         _require(
             self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
         )
+        _require(self.beta >= 0 and math.isfinite(self.beta), "score.beta", self.beta, ">= 0")
+        _require(self.batch_size >= 1, "score.batch_size", self.batch_size, ">= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "score.device", self.device, "auto|cpu|cuda")
+        if isinstance(self.reward, list):
+            names = [_check_reward_component(i, c) for i, c in enumerate(self.reward)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            _require(not dup, "score.reward", dup, "distinct component names (set `name:`)")
+
+
+def reward_component_name(component: dict[str, Any]) -> str:
+    """A component's column name: its `name`, else the function or model folder it points at."""
+    if component.get("name"):
+        return str(component["name"])
+    if component.get("ref"):
+        return str(component["ref"]).rpartition(":")[2]
+    return Path(str(component["model"])).name.replace("-", "_").replace(".", "_")
+
+
+def _check_reward_component(i: int, c: Any) -> str:
+    key = f"score.reward[{i}]"
+    _require(isinstance(c, dict), key, c, "a mapping such as {ref: vader, weight: 1.0}")
+    unknown = sorted(set(c) - set(REWARD_COMPONENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {key}.{unknown[0]}: a reward component takes {', '.join(REWARD_COMPONENT_KEYS)}"
+        )
+    _require(bool(c.get("ref")) != bool(c.get("model")), key, c, "exactly one of ref or model")
+    weight = c.get("weight", 1.0)
+    _require(
+        isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+        f"{key}.weight",
+        weight,
+        "a finite number",
+    )
+    _require(
+        c.get("output", "probability") in ("probability", "logit"),
+        f"{key}.output",
+        c.get("output"),
+        "probability|logit",
+    )
+    _require(
+        c.get("text", "prompt_completion") in ("prompt_completion", "completion"),
+        f"{key}.text",
+        c.get("text"),
+        "prompt_completion|completion",
+    )
+    label = c.get("label")
+    _require(
+        label is None or isinstance(label, (int, str)) and not isinstance(label, bool),
+        f"{key}.label",
+        label,
+        "a label index or name",
+    )
+    _require(
+        isinstance(c.get("chat_template", False), bool), f"{key}.chat_template", c.get("chat_template"), "true|false"
+    )
+    for size in ("batch_size", "max_length"):
+        v = c.get(size, 1)
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{key}.{size}", v, "an integer >= 1")
+    name = reward_component_name(c)
+    _require(
+        name.isidentifier() and name not in RESERVED_SCORE_COLUMNS,
+        f"{key}.name",
+        name,
+        f"an identifier other than {', '.join(RESERVED_SCORE_COLUMNS)}",
+    )
+    return name
 
 
 @dataclass
@@ -306,6 +400,22 @@ class RoundsConfig:
 
 
 @dataclass
+class LoraConfig:
+    # LoRA through TRL's peft_config; r = 0 fine-tunes every parameter, as the paper does
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = True  # save the merged model (a plain folder the next round samples from); false: the adapter
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 0, "lora.r", self.r, ">= 0 (0 turns LoRA off)")
+        _require(self.alpha >= 1, "lora.alpha", self.alpha, ">= 1")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
+        _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig
     model: ModelConfig
@@ -317,6 +427,7 @@ class Config:
     sft: dict[str, Any] = field(default_factory=dict)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -334,6 +445,7 @@ SECTIONS: dict[str, type] = {
     "select": SelectConfig,
     "eval": EvalConfig,
     "rounds": RoundsConfig,
+    "lora": LoraConfig,
 }
 
 

@@ -5,13 +5,17 @@ Run as:
     python -m raft_data.score --config pipelines/imdb_positive.yaml --round 0 score.reward=vader_completion
 
 Writes `round-NNNN/scores/shard-XXXXX-of-YYYYY.parquet`: `prompt_id`, `sample_idx`, `reward` and one column per
-reward component. A non-finite reward stops the stage with the prompt_id and sample_idx that produced it.
+reward component (`reward` is their weighted sum). With `score.beta > 0` it also writes `logp` (log p_t(y|x) under
+the round's generator), `ref_logp` (log p_0(y|x) under the base model) and `reward_raw` (the weighted sum), and
+`reward`, what selection ranks by, is the paper's KL-regularised key `reward_raw - beta * (logp - ref_logp)`.
+A non-finite reward stops the stage with the prompt_id and sample_idx that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,26 +23,46 @@ from tqdm.auto import tqdm
 
 from raft_data import artifacts, schemas
 from raft_data.cli_common import add_stage_args, run_cli
-from raft_data.config import Config, config_hash
+from raft_data.config import Config, ScoreConfig, config_hash
+from raft_data.logprobs import load_logprob_fn
 from raft_data.prompts import DataError
-from raft_data.rewards import load_reward
+from raft_data.rewards import combine, load_components
 
 
 def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
     """Run the score stage of one round; returns its manifest."""
+    from raft_data.backends import resolve_device
+
     rdir = artifacts.round_dir(cfg, round_idx)
     samples_dir = rdir / artifacts.STAGE_FOLDERS["generate"]
     samples_manifest = artifacts.read_manifest(samples_dir, "generate", round_idx)
     folder = rdir / artifacts.STAGE_FOLDERS["score"]
-    name, reward_fn = load_reward(cfg.score.reward)
-    stage_cfg = {"score": cfg.score.__dict__, "samples": samples_manifest["config_hash"], "round": round_idx}
+    kl = cfg.score.beta > 0
+    # new score fields enter the hash only when set, so rounds scored before they existed stay valid
+    defaults = ScoreConfig()
+    score_cfg = {k: v for k, v in cfg.score.__dict__.items() if k in ("reward", "text") or v != getattr(defaults, k)}
+    stage_cfg = {"score": score_cfg, "samples": samples_manifest["config_hash"], "round": round_idx}
+    if kl:
+        generator_path, generator_id = artifacts.policy_for_round(cfg, round_idx)
+        ref_path = cfg.score.ref_model or cfg.model.name_or_path
+        stage_cfg["kl"] = {"generator": generator_id, "ref_model": ref_path}
     chash = config_hash(stage_cfg)
-    schema = schemas.scores_schema([name])
+    device = resolve_device(cfg.score.device)
+    # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
+    done = not force and (folder / "manifest.json").exists()
+    components = [] if done else load_components(cfg.score, device)
     with artifacts.stage_lock(rdir, "score"):
         run = artifacts.begin_stage(folder, stage_cfg, chash, force, round_idx)
         if run.done:
             print(f"score: {folder} is done, skipping")
             return artifacts.read_json(folder / "manifest.json")
+        names = [c.name for c in components]
+        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []))
+        if kl:
+            size = cfg.score.batch_size
+            logp_fn = load_logprob_fn(generator_path, cfg.model, device, size)
+            # round 0 samples from the base model itself: log p_t = log p_0, one model is enough
+            ref_fn = logp_fn if ref_path == generator_path else load_logprob_fn(ref_path, cfg.model, device, size)
         sample_files = artifacts.shard_files(samples_dir)
         n_rows = 0
         for src in tqdm(sample_files, desc=f"score round {round_idx}", unit="shard"):
@@ -46,28 +70,58 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
             if artifacts.shard_done(dst):
                 n_rows += pq.read_metadata(dst).num_rows
                 continue
-            samples = pq.read_table(src, columns=["prompt_id", "sample_idx", "prompt", "completion"])
-            rewards = [float(r) for r in reward_fn(samples["prompt"].to_pylist(), samples["completion"].to_pylist())]
-            check_rewards(rewards, samples, name, src)
+            samples = pq.read_table(src, columns=["prompt_id", "sample_idx", "prompt", "completion", "truncated"])
+            prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
+            columns: dict[str, list[float]] = {}
+            for c in components:
+                columns[c.name] = [float(r) for r in c.fn(prompts, completions)] if samples.num_rows else []
+                check_rewards(columns[c.name], samples, c.name, src)
+            reward = combine(components, columns) if samples.num_rows else []
+            if kl:
+                ended = [not t for t in samples["truncated"].to_pylist()]
+                logp = logp_fn(prompts, completions, ended)
+                ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
+                columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
+                reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
+                check_rewards(reward, samples, "reward", src)
             table = pa.table(
                 {
                     "prompt_id": samples["prompt_id"],
                     "sample_idx": samples["sample_idx"],
-                    "reward": pa.array(rewards, pa.float64()),
-                    name: pa.array(rewards, pa.float64()),
+                    "reward": pa.array(reward, pa.float64()),
+                    **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
                 }
             )
             artifacts.write_parquet(table, dst, schema)
             artifacts.mark_done(dst, table.num_rows)
             n_rows += table.num_rows
+        extra: dict = {
+            "components": names,
+            "reward": [{"name": c.name, "weight": c.weight, **c.info} for c in components],
+            "policy_chat_template": policy_template(cfg, round_idx),
+        }
+        if kl:
+            extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
         return artifacts.finish_stage(
             run,
             "score",
             round_idx,
             inputs={"samples": samples_manifest["config_hash"]},
             counts={"scores": n_rows, "shards": len(sample_files)},
-            extra={"components": [name]},
+            extra=extra,
         )
+
+
+def policy_template(cfg: Config, round_idx: int) -> str | None:
+    """The generator's chat template, recorded beside any reward model's own (they may differ)."""
+    path, _ = artifacts.policy_for_round(cfg, round_idx)
+    tok_cfg = Path(path) / "tokenizer_config.json"
+    template_file = Path(path) / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    if tok_cfg.is_file():
+        return artifacts.read_json(tok_cfg).get("chat_template")
+    return None
 
 
 def check_rewards(rewards: list[float], samples: pa.Table, name: str, src) -> None:

@@ -1,0 +1,76 @@
+"""Build a smaller student from a teacher: the same tokenizer and width, every k-th of its decoder layers.
+
+A layer-dropped copy (as DistilBERT started from every other layer of BERT) starts from the teacher's embeddings,
+norms and a spread of its layers, so distillation begins from a model that already reads the language.
+
+Run as:
+    python -m raft_sft.student --teacher assets/smollm2-135m-instruct --layers 6 --output runs/students/smollm2-l6
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+
+def kept_layers(n_teacher: int, n_student: int) -> list[int]:
+    """`n_student` teacher layers spread evenly, the first and the last always kept."""
+    if not 1 <= n_student <= n_teacher:
+        raise ValueError(f"--layers={n_student} is invalid: expected 1..{n_teacher}")
+    if n_student == 1:
+        return [n_teacher - 1]
+    return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
+
+
+def make_student(teacher: str, output: Path, n_layers: int) -> dict:
+    """Save a Llama-family student with `n_layers` of the teacher's layers (and its tokenizer) to `output`."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(teacher)
+    big = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    keep = kept_layers(big.config.num_hidden_layers, n_layers)
+    config = copy.deepcopy(big.config)
+    config.num_hidden_layers = n_layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    small = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    state = {}
+    for name, tensor in big.state_dict().items():
+        if ".layers." in name:
+            prefix, rest = name.split(".layers.", 1)
+            idx, tail = rest.split(".", 1)
+            if int(idx) not in keep:
+                continue
+            name = f"{prefix}.layers.{keep.index(int(idx))}.{tail}"
+        state[name] = tensor
+    small.load_state_dict(state)
+    small.tie_weights()
+    tmp = output.with_name(output.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    small.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(output, ignore_errors=True)
+    tmp.rename(output)
+    n_big, n_small = (sum(p.numel() for p in m.parameters()) for m in (big, small))
+    return {"teacher": teacher, "layers": keep, "parameters": n_small, "teacher_parameters": n_big}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build a layer-dropped student model from a teacher folder.")
+    parser.add_argument("--teacher", default="assets/smollm2-135m-instruct")
+    parser.add_argument("--layers", type=int, default=6, help="decoder layers the student keeps")
+    parser.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    info = make_student(args.teacher, Path(args.output), args.layers)
+    print(
+        f"student: {info['parameters'] / 1e6:.1f}M parameters (teacher {info['teacher_parameters'] / 1e6:.1f}M), "
+        f"teacher layers {info['layers']} -> {args.output}"
+    )
+
+
+if __name__ == "__main__":
+    main()
