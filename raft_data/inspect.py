@@ -18,6 +18,7 @@ from raft_data import artifacts
 from raft_data.cli_common import DEFAULT_CONFIG, user_errors
 from raft_data.config import Config, load_config
 from raft_data.select import round_connection, run_query, select_params, view_sql
+from raft_data.status import round_status
 
 
 def shorten(text: str, width: int) -> str:
@@ -26,20 +27,13 @@ def shorten(text: str, width: int) -> str:
 
 
 def stage_lines(cfg: Config, round_idx: int) -> list[str]:
-    rdir = artifacts.round_dir(cfg, round_idx)
-    lines = [f"round {round_idx}: {rdir}"]
-    for stage, name in artifacts.STAGE_FOLDERS.items():
-        path = rdir / name / "manifest.json"
-        if not path.exists():
-            lines.append(f"  {name + '/':10s} not done")
-            continue
+    """The round's stages as `raft-data status` shows them, plus the selection strategy and what its guards dropped."""
+    lines = round_status(cfg, round_idx)
+    path = artifacts.round_dir(cfg, round_idx) / artifacts.STAGE_FOLDERS["select"] / "manifest.json"
+    if path.exists():
         m = artifacts.read_json(path)
-        counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
-        lines.append(f"  {name + '/':10s} {counts}")
-        if stage == "select":
-            dropped = m.get("dropped") or {}
-            text = ", ".join(f"{k} {v}" for k, v in dropped.items()) or "no guard enabled"
-            lines.append(f"  {'':10s} strategy {m['config']['select']['strategy']}; dropped before ranking: {text}")
+        dropped = ", ".join(f"{k} {v}" for k, v in (m.get("dropped") or {}).items()) or "no guard enabled"
+        lines.append(f"  {'':10s} strategy {m['config']['select']['strategy']}; dropped before ranking: {dropped}")
     return lines
 
 

@@ -26,8 +26,11 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
         counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
         lines.append(f"  {name + '/':10s} done in {m['wall_time_s']:.1f}s: {counts}")
         if stage == "select":
-            r = m["reward"]
-            lines.append(f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}")
+            r = m.get("reward") or {}
+            if r.get("mean_selected") is not None:
+                lines.append(
+                    f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
+                )
     return lines
 
 

@@ -23,27 +23,33 @@ def require_assets() -> None:
         pytest.fail("the default assets are missing: run `make setup` (make test does it for you)")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ~1.6M-parameter Llama built from a config, saved with the real tokenizer (vocab 49,152)."""
-    require_assets()
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(tokenizer, **overrides):
+    """A few-M-parameter Llama config over the real tokenizer's vocabulary; `overrides` change sizes or labels."""
+    from transformers import LlamaConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
-    config = LlamaConfig(
+    sizes = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    )
+    return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **(sizes | overrides),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ~1.6M-parameter Llama built from a config, saved with the real tokenizer (vocab 49,152)."""
+    require_assets()
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
+    config = tiny_llama_config(tokenizer)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny-llama")

@@ -24,7 +24,7 @@ import pytest
 from raft_data import artifacts, schemas
 from raft_data.backends import BACKENDS, BackendError
 
-from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets
+from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets, tiny_llama_config
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not importable here: run `make test-vllm`")
@@ -84,21 +84,11 @@ def vllm_tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny test Llama with head_dim 32 instead of 8: vLLM's CPU attention has no kernel for head_dim 8."""
     require_assets()
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    config = tiny_llama_config(
+        tokenizer, hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=1
     )
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny-llama-vllm")

@@ -20,7 +20,8 @@ from raft_data.score import score
 from raft_data.select import select
 from raft_sft.student import kept_layers, make_student
 from raft_sft.train import distill, train
-from tests.conftest import ROOT, make_config
+
+from .conftest import ROOT, make_config
 
 SMALL = {"prompts": {"n_prompts": 4}, "generate": {"n_samples": 2, "max_new_tokens": 8, "n_shards": 2}}
 SFT = {"sft": {"num_train_epochs": 1, "per_device_train_batch_size": 2, "learning_rate": 1e-3, "max_length": 64}}

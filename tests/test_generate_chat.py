@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 from raft_data import artifacts
 from raft_data.config import ConfigError
 from raft_data.generate import generate
-from tests.conftest import make_config
+
+from .conftest import make_config
 
 
 def read_samples(cfg) -> list[dict]:

@@ -9,7 +9,8 @@ import pytest
 
 from raft_data import artifacts
 from raft_data.generate import generate
-from tests.conftest import make_config
+
+from .conftest import make_config
 
 ray = pytest.importorskip("ray")
 

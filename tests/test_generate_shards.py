@@ -12,7 +12,8 @@ import pytest
 from raft_data import artifacts
 from raft_data.config import ConfigError
 from raft_data.generate import generate, main, shard_lock
-from tests.conftest import ROOT, make_config
+
+from .conftest import ROOT, make_config
 
 
 def samples_dir(cfg) -> Path:

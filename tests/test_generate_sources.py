@@ -15,7 +15,8 @@ from raft_data.generate import generate
 from raft_data.prompts import DataError, draw_round_prompts
 from raft_data.score import score
 from raft_data.select import select
-from tests.conftest import REAL_PROMPTS, make_config, require_assets
+
+from .conftest import REAL_PROMPTS, make_config, require_assets
 
 REFERENCE = {
     "name": "reference",

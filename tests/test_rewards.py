@@ -18,7 +18,8 @@ from raft_data.generate import generate
 from raft_data.logprobs import load_logprob_fn
 from raft_data.rewards import hf_reward, load_components, reward_texts, vader
 from raft_data.score import score
-from tests.conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets
+
+from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets, tiny_llama_config
 
 LABELS = {0: "NEGATIVE", 1: "NEUTRAL", 2: "POSITIVE"}
 RM_TEMPLATE = (
@@ -59,20 +60,11 @@ def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def chat_rm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama reward model (1 logit) with the real SmolLM2 tokenizer and a chat template of its own."""
     require_assets()
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     tokenizer = AutoTokenizer.from_pretrained(REAL_MODEL)
     tokenizer.chat_template = RM_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(tokenizer, num_labels=1)
     torch.manual_seed(1)
     path = tmp_path_factory.mktemp("rm-chat")
     LlamaForSequenceClassification(config).save_pretrained(path)

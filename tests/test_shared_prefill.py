@@ -6,7 +6,8 @@ import pytest
 
 from raft_data.backends import transformers_backend
 from raft_data.config import GenerateConfig, ModelConfig
-from tests.conftest import REVIEW_OPENINGS
+
+from .conftest import REVIEW_OPENINGS
 
 
 @pytest.mark.parametrize(
