@@ -53,11 +53,33 @@ def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
 
 
 def load_selected(files: list[Path]):
-    """The selected rows as a datasets.Dataset in prompt/completion form."""
+    """The selected rows as a datasets.Dataset in prompt/completion form (with `truncated` where recorded)."""
     from datasets import load_dataset
 
     ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    return ds.select_columns(["prompt", "completion"])
+    return ds.select_columns([c for c in ("prompt", "completion", "truncated") if c in ds.column_names])
+
+
+def tokenize_examples(dataset, tokenizer):
+    """Prompt/completion rows as token ids, with labels on the completion only.
+
+    The end-of-sequence token is appended only where the sample ended by itself. A sample cut off at
+    max_new_tokens did not end there, and training it to stop there teaches the model to stop mid-sentence
+    (TRL appends it to every completion of a text data set, so the data is tokenized here).
+    """
+    eos = tokenizer.eos_token_id
+
+    def encode(row: dict) -> dict:
+        prompt_ids = tokenizer(row["prompt"])["input_ids"]
+        ids = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+        # Tokens can merge across the prompt/completion boundary: the completion starts where the two diverge.
+        n_prompt = min(len(prompt_ids), len(ids))
+        n_prompt = next((i for i in range(n_prompt) if prompt_ids[i] != ids[i]), n_prompt)
+        if not row.get("truncated", False):
+            ids = ids + [eos]
+        return {"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]}
+
+    return dataset.map(encode, remove_columns=dataset.column_names)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -119,6 +141,8 @@ def fit(
     args = sft_args(cfg, tmp / "trainer", on_cpu)
     device = "cpu" if on_cpu else f"cuda:{state.local_process_index}"
     tokenizer, model = load_tokenizer_and_model(start_path, cfg.model, device)
+    if "completion" in dataset.column_names:
+        dataset = tokenize_examples(dataset, tokenizer)
     lora = peft_config(cfg)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
     seen: list[str] = []

@@ -57,3 +57,26 @@ def test_unknown_sft_field_is_refused_before_training(tmp_path, tiny_model_dir, 
     with pytest.raises(ConfigError, match="unknown key sft.learning_rat"):
         train(cfg, 0)
     assert not (artifacts.round_dir(cfg, 0) / "model").exists()
+
+
+def test_end_of_sequence_is_trained_only_where_the_sample_ended(tiny_model_dir) -> None:
+    """A sample cut at max_new_tokens did not end: its labels must not teach the model to stop there."""
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from raft_sft.train import tokenize_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = {
+        "prompt": ["The film is", "The film is"],
+        "completion": [" great fun.", " great fun and"],
+        "truncated": [False, True],
+    }
+    encoded = tokenize_examples(Dataset.from_dict(rows), tokenizer)
+    ended, cut = encoded[0], encoded[1]
+    n_prompt = len(tokenizer("The film is")["input_ids"])
+    assert ended["input_ids"][-1] == tokenizer.eos_token_id and ended["labels"][-1] == tokenizer.eos_token_id
+    assert tokenizer.eos_token_id not in cut["input_ids"]
+    for row in (ended, cut):
+        assert row["labels"][:n_prompt] == [-100] * n_prompt  # no loss on the prompt
+        assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
