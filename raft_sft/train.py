@@ -6,7 +6,8 @@ Run as:
 
 Round n starts from round n-1's `model/` (round 0 from the base model) and writes `round-NNNN/model/` in
 save_pretrained format. The `sft:` section of the config holds TRL `SFTConfig` fields, passed through as they are.
-Completion-only loss comes from the prompt/completion form of `selected/`.
+Prompt/completion rows are tokenized here: loss on the completion only, and the end-of-sequence token only where
+the sample ended by itself (not where it hit max_new_tokens).
 """
 
 from __future__ import annotations
