@@ -231,6 +231,16 @@ def finish_stage(
     return manifest
 
 
+def save_model_folder(model, tokenizer, dest: Path) -> None:
+    """save_pretrained a model and its tokenizer into `dest.tmp`, then rename it to `dest` in one step."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
 def publish_folder(final: Path) -> None:
     """Move a finished temporary folder (manifest inside) into place in one rename."""
     if final.exists():

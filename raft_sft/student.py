@@ -10,8 +10,9 @@ Run as:
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
+
+from raft_data.artifacts import save_model_folder
 
 
 def kept_layers(n_teacher: int, n_student: int) -> list[int]:
@@ -49,12 +50,7 @@ def make_student(teacher: str, output: Path, n_layers: int) -> dict:
         state[name] = tensor
     small.load_state_dict(state)
     small.tie_weights()
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    small.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
+    save_model_folder(small, tokenizer, output)
     n_big, n_small = (sum(p.numel() for p in m.parameters()) for m in (big, small))
     return {"teacher": teacher, "layers": keep, "parameters": n_small, "teacher_parameters": n_big}
 
