@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from raft_data import artifacts
+from raft_data import select as select_module
 from raft_data.artifacts import StageError
 from raft_data.config import ConfigError, SelectConfig
 from raft_data.prompts import DataError
@@ -308,6 +309,18 @@ def test_bad_sql_file_is_refused_before_publishing(tmp_path: Path, text: str, er
         select(cfg, 0)
     assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_built_in_strategy_output_must_be_candidates(tmp_path: Path, monkeypatch) -> None:
+    """The data tests hold a built-in strategy's SQL to the same rules: here one that rewrites a reward."""
+    cfg = fake_config(tmp_path)
+    write_round(cfg, 0, random_rows(random.Random(0), 0, 6, 3))
+    broken = "select * replace (case when prompt_id = 'p0000' then reward + 1 else reward end as reward) from ({sql})"
+    original = select_module.strategy_sql
+    monkeypatch.setattr(select_module, "strategy_sql", lambda c: broken.format(sql=original(c)))
+    with pytest.raises(DataError, match="1 selected rows are not candidates"):
+        select(cfg, 0)
+    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
 
 
 @pytest.mark.parametrize("clause", ["true; drop view scores", "$tau > 0", "reward >"])
