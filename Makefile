@@ -31,7 +31,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray]"
 	touch $@
 
 assets/.ready: $(VENV)/.installed raft_data/assets.py
@@ -114,14 +114,14 @@ sql: setup
 	@$(VENV)/bin/raft-data sql "$(Q)" --config $(EXP) --round $(ROUND) $(OVERRIDES)
 
 bench-select: setup
-	$(PY) bench/select.py
+	$(PY) -m bench.select
 
 # --- generation at scale: one shard per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
 GENERATE_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
 
 .PHONY: bench-generate
 bench-generate: setup
-	$(PY) bench/generate.py
+	$(PY) -m bench.generate
 
 # --- vLLM generation, in its own environment (it pins its own torch and transformers) -------------------------------
 # `make setup-vllm` builds .venv-vllm with the CPU build of vLLM; `make generate-vllm ROUND=n` runs the generate stage
@@ -183,4 +183,4 @@ distill: setup
 		--output $(DISTILL_DIR)/eval-after.parquet $(OVERRIDES)
 
 bench-score: setup
-	$(PY) -m bench.score  # as a module: bench/select.py would shadow the standard library's select
+	$(PY) -m bench.score

@@ -3,8 +3,8 @@ per process; prints load time, sampling time, generated tokens, tokens/s and pea
 processes).
 
 Run as (vLLM needs its own environment, `make setup-vllm`; it also has transformers, so both run from there):
-    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2 .venv-vllm/bin/python bench/backends.py --backend vllm
-    OMP_NUM_THREADS=2 .venv-vllm/bin/python bench/backends.py --backend transformers
+    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2 .venv-vllm/bin/python -m bench.backends --backend vllm
+    OMP_NUM_THREADS=2 .venv-vllm/bin/python -m bench.backends --backend transformers
     ... --config pipelines/imdb_positive.yaml prompts.n_prompts=32 generate.n_samples=4 generate.max_new_tokens=32
 """
 

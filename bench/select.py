@@ -1,8 +1,8 @@
 """Benchmark: the select stage (best_per_prompt) on 5 million samples, against a bare DuckDB scan and pandas.
 
 Run as:
-    python bench/select.py                                   # 100k prompts x K=50, 3 repetitions, 2 threads
-    python bench/select.py --prompts 10000 --k 20 --reps 1   # a quick look
+    python -m bench.select                                   # 100k prompts x K=50, 3 repetitions, 2 threads
+    python -m bench.select --prompts 10000 --k 20 --reps 1   # a quick look
 
 Writes a fake round (samples/ and scores/ shards in the stages' schemas, rewards with ties) to --workdir, then
 times, each repetition in a fresh process so that its peak memory (max RSS) is its own:
