@@ -32,24 +32,20 @@ per_prompt as (
 ),
 
 candidate_stats as (
-    select count(*) as n_candidates, count(distinct prompt_id) as n_candidate_prompts
+    -- every selected row must be a candidate, with the reward it was scored with
+    select
+        count(*) as n_candidates,
+        count(distinct candidate_rows.prompt_id) as n_candidate_prompts,
+        count(selected.sample_idx) filter (where selected.reward = candidate_rows.reward) as n_selected_candidates
     from candidate_rows
-),
-
-selected_candidates as (
-    -- every selected row must be a candidate, with the reward it was scored with. An inner join builds its hash
-    -- table on the selection (the smaller side) and only probes the candidates.
-    select count(*) as n_selected_candidates
-    from candidate_rows
-    inner join selected
+    left join selected
         on candidate_rows.prompt_id = selected.prompt_id
         and candidate_rows.sample_idx = selected.sample_idx
         and candidate_rows.round = selected.round
-        and candidate_rows.reward = selected.reward
 ),
 
 final as (
-    select * from selected_stats, per_prompt, candidate_stats, selected_candidates, alignment
+    select * from selected_stats, per_prompt, candidate_stats, alignment
 )
 
 select * from final
