@@ -42,7 +42,7 @@ from raft_data.backends import BACKENDS, Completion, load_tokenizer_and_model, r
 from raft_data.cli_common import add_stage_args, run_cli
 from raft_data.config import Config, ConfigError, config_hash
 from raft_data.prompts import READERS, DataError, _read_datasets, hash_id, split_prompts
-from raft_data.rewards import load_reward
+from raft_data.rewards import configured_reward, load_reward
 
 ROUND_REWARDS_SQL = Path(__file__).parent / "sql" / "metrics" / "round_rewards.sql"
 MSTTR_SEGMENT = 50  # words per segment, the usual choice for mean segmental type-token ratio
@@ -199,7 +199,7 @@ def _rewards(fn, prompts: list[str], completions: list[str]) -> list[float]:
 
 def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     """Generate greedy and sampled completions with `model_path` and compute every model-side metric."""
-    _, reward_fn = load_reward(cfg.score.reward)
+    reward_fn = configured_reward(cfg.score, resolve_device(cfg.score.device))
     second_fn = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
     texts, ids = prompts["prompt"].to_pylist(), prompts["prompt_id"].to_pylist()

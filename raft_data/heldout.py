@@ -21,7 +21,7 @@ from raft_data.cli_common import user_errors
 from raft_data.config import Config, load_config
 from raft_data.generate import shard_seed
 from raft_data.prompts import split_prompts
-from raft_data.rewards import combine, load_components
+from raft_data.rewards import configured_reward
 
 
 def evaluate(cfg: Config, model: str, n_prompts: int, output: Path | None = None) -> dict:
@@ -42,9 +42,7 @@ def evaluate(cfg: Config, model: str, n_prompts: int, output: Path | None = None
             rows["sample_idx"].append(k)
             rows["prompt"].append(prompt)
             rows["completion"].append(c.text)
-    components = load_components(cfg.score, resolve_device(cfg.score.device))
-    values = {c.name: [float(v) for v in c.fn(rows["prompt"], rows["completion"])] for c in components}
-    rows["reward"] = combine(components, values)
+    rows["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device))(rows["prompt"], rows["completion"])
     rows["model"] = [model] * len(rows["reward"])
     table = pa.table(rows, schema=schemas.HELDOUT_COMPLETIONS)
     if output is not None:

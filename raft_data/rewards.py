@@ -220,6 +220,18 @@ def combine(components: list[RewardComponent], values: dict[str, list[float]]) -
     return [math.fsum(c.weight * values[c.name][i] for c in components) for i in range(n)]
 
 
+def configured_reward(cfg: ScoreConfig, device: str = "cpu") -> RewardFn:
+    """The configured reward (`score.reward`, a name or a list of weighted components) as one function of
+    (prompts, completions): the weighted sum the score stage writes as `reward`."""
+    components = load_components(cfg, device)
+
+    def reward(prompts: list[str], completions: list[str]) -> list[float]:
+        values = {c.name: [float(v) for v in c.fn(prompts, completions)] for c in components}
+        return combine(components, values)
+
+    return reward
+
+
 def template_digest(template: str | None) -> str | None:
     return None if template is None else hashlib.sha256(template.encode()).hexdigest()[:16]
 

@@ -192,3 +192,19 @@ def test_rounds_and_eval_config_errors_name_the_key(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=re.escape(key)):
             load_config(None, ["model.name_or_path=m", "prompts.path=p.jsonl", override])
+
+
+def test_eval_uses_the_weighted_reward_the_score_stage_writes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`score.reward` as a list of weighted components: eval's `reward` is the same weighted sum."""
+    from raft_data.evaluate import evaluate_model
+    from raft_data.rewards import length, vader
+
+    components = [{"ref": "vader", "weight": 0.5}, {"ref": "length", "weight": 0.01}]
+    cfg = rounds_config(tmp_path, tiny_model_dir, score={"reward": components})
+    evaluate_model(cfg, None)
+    table = pq.read_table(baseline_dir(cfg) / "completions.parquet").to_pydict()
+    prompts, completions = table["prompt"], table["completion"]
+    expected = [
+        0.5 * v + 0.01 * n for v, n in zip(vader(prompts, completions), length(prompts, completions), strict=True)
+    ]
+    assert table["reward"] == pytest.approx(expected, abs=1e-12)
