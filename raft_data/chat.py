@@ -12,7 +12,6 @@ Run as:
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,23 +93,14 @@ def format_prompts(
     return FormattedPrompts(texts, template, limit, long_ids)
 
 
-def main(argv: list[str] | None = None) -> None:
+def print_formatted_prompts(cfg, round_idx: int) -> None:
     from transformers import AutoTokenizer
 
     from raft_data.artifacts import policy_for_round
-    from raft_data.config import load_config
     from raft_data.prompts import draw_round_prompts
 
-    parser = argparse.ArgumentParser(
-        description="Print the round's prompts as the model sees them (nothing is written)."
-    )
-    parser.add_argument("config")
-    parser.add_argument("--round", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    model_path, _ = policy_for_round(cfg, args.round)
-    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, args.round)
+    model_path, _ = policy_for_round(cfg, round_idx)
+    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
     out = format_prompts(
         prompts["prompt_id"].to_pylist(),
@@ -122,6 +112,14 @@ def main(argv: list[str] | None = None) -> None:
     for pid, text in zip(prompts["prompt_id"].to_pylist(), out.texts, strict=True):
         print(f"{pid}\t{text!r}")
     print(out.report(cfg.generate.long_prompts))
+
+
+def main(argv: list[str] | None = None) -> None:
+    from raft_data.cli_common import run_round_tool
+
+    run_round_tool(
+        "Print the round's prompts as the model sees them (nothing is written).", print_formatted_prompts, argv
+    )
 
 
 if __name__ == "__main__":

@@ -35,6 +35,23 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, StageError, DataError, ModelLoadError, BackendError
 
 
+def run_round_tool(description: str, tool: Callable, argv: list[str] | None) -> None:
+    """A look-only command over one round: `CONFIG [--round n] [section.key=value ...]`, then `tool(cfg, round)`;
+    bad input is one line on stderr and exit status 2, as for the stages."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config", help="experiment YAML")
+    parser.add_argument("--round", type=int, default=0, help="round index (default: 0)")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides")
+    args = parser.parse_args(argv)
+    if args.round < 0:
+        parser.error(f"--round={args.round} is invalid: expected >= 0")
+    try:
+        tool(load_config(args.config, args.overrides), args.round)
+    except user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_cli(
     parser: argparse.ArgumentParser,
     stage: Callable,

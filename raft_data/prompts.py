@@ -7,7 +7,6 @@ Run as:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -162,18 +161,16 @@ def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int) -> pa.Tabl
     return train.take(pa.array(idx))
 
 
-def main(argv: list[str] | None = None) -> None:
-    from raft_data.config import load_config
-
-    parser = argparse.ArgumentParser(description="Print the prompts a round draws (nothing is written).")
-    parser.add_argument("config")
-    parser.add_argument("--round", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    table = draw_round_prompts(cfg.prompts, cfg.experiment.seed, args.round)
+def print_round_prompts(cfg, round_idx: int) -> None:
+    table = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
     for pid, prompt in zip(table["prompt_id"].to_pylist(), table["prompt"].to_pylist(), strict=True):
         print(f"{pid}\t{prompt}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from raft_data.cli_common import run_round_tool
+
+    run_round_tool("Print the prompts a round draws (nothing is written).", print_round_prompts, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Run as:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,22 +81,21 @@ def candidates(source: Source, prompt_id: str, prompt: str) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    from raft_data.config import load_config
+def count_candidates(cfg, round_idx: int) -> None:
     from raft_data.prompts import draw_round_prompts
 
-    parser = argparse.ArgumentParser(description="Count each extra source's candidates for a round's prompts.")
-    parser.add_argument("config")
-    parser.add_argument("--round", type=int, default=0)
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
-    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, args.round)
+    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
     ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
     for spec in cfg.generate.extra_sources:
         source = load_source(spec)
         found = [len(candidates(source, pid, text)) for pid, text in zip(ids, texts, strict=True)]
         print(f"{spec['name']}: {sum(found)} candidates for {sum(n > 0 for n in found)} of {len(ids)} prompts")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from raft_data.cli_common import run_round_tool
+
+    run_round_tool("Count each extra source's candidates for a round's prompts.", count_candidates, argv)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,27 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, tiny_model_dir, p
         out = run(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+
+
+@pytest.mark.parametrize("module", ["raft_data.prompts", "raft_data.sources", "raft_data.chat"])
+def test_round_tools_print_or_fail_in_one_line(module, tmp_path, tiny_model_dir, prompts_file, capsys) -> None:
+    import importlib
+
+    main = importlib.import_module(module).main
+    cfg = make_config(tmp_path, tiny_model_dir, prompts_file)
+    config_path = tmp_path / "exp.yaml"
+    config_path.write_text(cfg.to_yaml(), encoding="utf-8")
+
+    main([str(config_path)])
+    if module != "raft_data.sources":  # no extra sources configured: nothing to count
+        assert len(capsys.readouterr().out.splitlines()) >= cfg.prompts.n_prompts
+
+    for argv, message in (
+        ([str(tmp_path / "missing.yaml")], "missing.yaml does not exist"),
+        ([str(config_path), "prompts.n_prompts=0"], "prompts.n_prompts=0 is invalid"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and message in err
