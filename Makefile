@@ -34,8 +34,8 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray]"
 	touch $@
 
-assets/.ready: $(VENV)/.installed raft_data/assets.py
-	$(PY) -m raft_data.assets --dest assets
+assets/.ready: $(VENV)/.installed raft_data/tools/assets.py
+	$(VENV)/bin/raft-data assets --dest assets
 	touch $@
 
 setup: $(VENV)/.installed assets/.ready
@@ -167,19 +167,19 @@ DISTILL_DATA = $(foreach r,$(shell seq 0 $(DISTILL_ROUNDS)),runs/imdb_positive/r
 
 # Fine-tune the packaged MiniLM encoder into a reward model on the human ratings (training split only).
 reward-model: setup
-	$(PY) -m raft_data.reward_model --config $(EXP) --output $(REWARD_MODEL)
+	$(VENV)/bin/raft-data reward-model --config $(EXP) --output $(REWARD_MODEL)
 
 # Rounds 0..DISTILL_ROUNDS of the default experiment, distilled into a layer-dropped student; the student's mean
 # reward on held-out prompts before and after.
 distill: setup
 	for r in $(shell seq 0 $(DISTILL_ROUNDS)); do $(MAKE) --no-print-directory round ROUND=$$r || exit 1; done
-	$(PY) -m raft_sft.student --teacher assets/smollm2-135m-instruct --layers $(STUDENT_LAYERS) \
+	$(VENV)/bin/raft-sft student --teacher assets/smollm2-135m-instruct --layers $(STUDENT_LAYERS) \
 		--output $(DISTILL_DIR)/student-init
-	$(PY) -m raft_data.heldout --config $(EXP) --model $(DISTILL_DIR)/student-init --n-prompts $(EVAL_PROMPTS) \
+	$(VENV)/bin/raft-data heldout --config $(EXP) --model $(DISTILL_DIR)/student-init --n-prompts $(EVAL_PROMPTS) \
 		--output $(DISTILL_DIR)/eval-before.parquet $(OVERRIDES)
 	$(LAUNCHER) $(VENV)/bin/raft-sft train --config $(EXP) --data $(DISTILL_DATA) \
 		--model $(DISTILL_DIR)/student-init --output $(DISTILL_DIR)/student $(if $(FORCE),--force) $(OVERRIDES)
-	$(PY) -m raft_data.heldout --config $(EXP) --model $(DISTILL_DIR)/student --n-prompts $(EVAL_PROMPTS) \
+	$(VENV)/bin/raft-data heldout --config $(EXP) --model $(DISTILL_DIR)/student --n-prompts $(EVAL_PROMPTS) \
 		--output $(DISTILL_DIR)/eval-after.parquet $(OVERRIDES)
 
 bench-score: setup

@@ -39,7 +39,7 @@ def main() -> None:
 
     from raft_data.backends import BACKENDS
     from raft_data.config import load_config
-    from raft_data.prompts import draw_round_prompts
+    from raft_data.data.prompts import draw_round_prompts
 
     cfg = load_config(args.config, args.overrides)
     prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, 0)["prompt"].to_pylist()

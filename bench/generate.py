@@ -49,7 +49,7 @@ def peak_rss_mib() -> float:
 def run_transformers(args: argparse.Namespace) -> dict:
     import torch
 
-    from raft_data.backends import transformers_backend
+    from raft_data.backends.transformers import transformers_backend
     from raft_data.config import GenerateConfig, ModelConfig
 
     torch.set_num_threads(args.threads)
@@ -75,7 +75,7 @@ def run_transformers(args: argparse.Namespace) -> dict:
 VLLM_SCRIPT = r"""
 import json, resource, sys, time
 from vllm import LLM, SamplingParams
-from raft_data.backend_vllm import platform_defaults
+from raft_data.backends.vllm import platform_defaults
 args = json.loads(sys.argv[1])
 if __name__ == "__main__":
     llm = LLM(model=args["model"], dtype="float32", max_model_len=1024, seed=0, **platform_defaults())

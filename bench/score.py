@@ -59,7 +59,7 @@ def main() -> None:
 
     import torch
 
-    from raft_data.rewards import hf_reward
+    from raft_data.rewards.hf import hf_reward
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or minilm_regressor(Path(tmp))

@@ -6,7 +6,7 @@ Run as:
 
 Writes a fake round (samples/ and scores/ shards in the stages' schemas, rewards with ties) to --workdir, then
 times, each repetition in a fresh process so that its peak memory (max RSS) is its own:
-  - ours:   `raft_data.select.select(...)`, the whole stage: views, guards (off), the best_per_prompt query,
+  - ours:   `raft_data.stages.select.select(...)`, the whole stage: views, guards (off), the best_per_prompt query,
             the data tests, the Parquet shard, the dataset card and the manifest;
   - scan:   one DuckDB query reading every column best_per_prompt reads, from the same files, aggregated to one
             row (nothing is ranked or written): the floor for any query over these columns;
@@ -68,10 +68,11 @@ def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int, seed: int =
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from raft_data import artifacts, schemas
+    from raft_data import storage
+    from raft_data.storage import schemas
 
     cfg = bench_config(workdir, k)
-    rdir = artifacts.round_dir(cfg, 0)
+    rdir = storage.round_dir(cfg, 0)
     if (rdir / "scores" / "manifest.json").exists():
         return
     rng = np.random.default_rng(seed)
@@ -97,7 +98,7 @@ def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int, seed: int =
         # rewards on a grid of 0.001 so that ties within a prompt happen
         reward = pa.array(np.round(rng.normal(0, 0.5, n), 3))
         scores = {"prompt_id": prompt_id, "sample_idx": samples["sample_idx"], "reward": reward, "vader": reward}
-        name = artifacts.shard_name(s, n_shards)
+        name = storage.shard_name(s, n_shards)
         for folder, data, schema in (
             (rdir / "samples", samples, schemas.SAMPLES),
             (rdir / "scores", scores, schemas.scores_schema(["vader"])),
@@ -111,7 +112,7 @@ def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int, seed: int =
             "config_hash": f"bench-{stage}",
             "config": {"score": {"reward": "vader"}},
         }
-        artifacts.write_json(manifest | {"counts": {"rows": n_prompts * k}}, rdir / folder / "manifest.json")
+        storage.write_json(manifest | {"counts": {"rows": n_prompts * k}}, rdir / folder / "manifest.json")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -122,13 +123,13 @@ def run_ours(workdir: Path, k: int, threads: int) -> dict:
     import contextlib
     import io
 
-    from raft_data import artifacts
-    from raft_data.select import select
+    from raft_data import storage
+    from raft_data.stages.select import select
 
     cfg = bench_config(workdir, k)
     with contextlib.redirect_stdout(io.StringIO()):
         manifest = select(cfg, 0, force=True, threads=threads)
-    out = artifacts.shard_files(artifacts.round_dir(cfg, 0) / "selected")[0]
+    out = storage.shard_files(storage.round_dir(cfg, 0) / "selected")[0]
     return {"rows": manifest["counts"]["selected"], "output": str(out)}
 
 
@@ -171,7 +172,7 @@ def run_pandas(workdir: Path, k: int, threads: int) -> dict:
 
 METHODS = {"ours": run_ours, "scan": run_scan, "pandas": run_pandas}
 # imported before the clock starts: the timings are of the work, not of Python start-up
-IMPORTS = {"ours": ["raft_data.select"], "scan": ["duckdb"], "pandas": ["pandas", "pyarrow.parquet"]}
+IMPORTS = {"ours": ["raft_data.stages.select"], "scan": ["duckdb"], "pandas": ["pandas", "pyarrow.parquet"]}
 
 
 def worker(method: str, workdir: Path, k: int, threads: int) -> None:

@@ -15,11 +15,9 @@ The per-round table is also printed as Markdown.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from raft_data import artifacts
-from raft_data.cli_common import DEFAULT_CONFIG, user_errors
-from raft_data.config import Config, load_config
-from raft_data.evaluate import baseline_dir, read_eval
+from raft_data import storage
+from raft_data.config import Config
+from raft_data.errors import StageError
+from raft_data.selection.engine import METRICS_DIR
+from raft_data.storage import baseline_dir, read_eval, round_wall_time
 
 # (column title, metrics key, format) of the per-round table
 TABLE_COLUMNS = [
@@ -56,16 +55,14 @@ TABLE_COLUMNS = [
 
 def collect(cfg: Config) -> list[dict[str, Any]]:
     """One row per evaluation, baseline first, then every round whose eval is finished, in round order."""
-    from raft_data.rounds import round_wall_time
-
     rows = []
     base = read_eval(baseline_dir(cfg))
     if base is not None:
         rows.append(
             {"label": "base", "round": None, "metrics": base[0]["metrics"] | {"wall_time_s": None}, "eval": base[1]}
         )
-    for rdir in sorted(artifacts.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
-        found = read_eval(rdir / artifacts.STAGE_FOLDERS["eval"])
+    for rdir in sorted(storage.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
+        found = read_eval(rdir / storage.STAGE_FOLDERS["eval"])
         if found is None:
             continue
         round_idx = int(rdir.name.split("-")[1])
@@ -80,10 +77,8 @@ def round_samples(rdir: Path) -> pa.Table:
 
     con = duckdb.connect()
     for view, stage in (("raw_samples", "generate"), ("raw_scores", "score"), ("raw_selected", "select")):
-        con.read_parquet([str(p) for p in artifacts.shard_files(rdir / artifacts.STAGE_FOLDERS[stage])]).create_view(
-            view
-        )
-    sql = (Path(__file__).parent / "sql" / "metrics" / "kept_and_rejected.sql").read_text(encoding="utf-8")
+        con.read_parquet([str(p) for p in storage.shard_files(rdir / storage.STAGE_FOLDERS[stage])]).create_view(view)
+    sql = (METRICS_DIR / "kept_and_rejected.sql").read_text(encoding="utf-8")
     return con.sql(sql).to_arrow_table()
 
 
@@ -158,7 +153,7 @@ def plot_histograms(rows: list[dict[str, Any]]) -> bytes:
         edges = bins if (lo >= -1 and hi <= 1) else np.linspace(lo, hi, 21)
         ax.hist(held, bins=edges, alpha=0.6, density=True, label="held-out, sampled")
         if row.get("dir") is not None:
-            files = artifacts.shard_files(row["dir"] / artifacts.STAGE_FOLDERS["score"])
+            files = storage.shard_files(row["dir"] / storage.STAGE_FOLDERS["score"])
             scores = [r for f in files for r in pq.read_table(f, columns=["reward"])["reward"].to_pylist()]
             ax.hist(scores, bins=edges, histtype="step", density=True, label="round samples")
         ax.set_title(f"round {row['label']}", fontsize=9)
@@ -296,10 +291,10 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
     matplotlib.use("Agg")
     rows = collect(cfg)
     if not rows:
-        raise artifacts.StageError(
-            f"{artifacts.experiment_dir(cfg)} has no finished eval yet: run `raft-data rounds N` or `raft-data eval`"
+        raise StageError(
+            f"{storage.experiment_dir(cfg)} has no finished eval yet: run `raft-data rounds N` or `raft-data eval`"
         )
-    out_dir = out_dir or artifacts.experiment_dir(cfg) / "report"
+    out_dir = out_dir or storage.experiment_dir(cfg) / "report"
     pngs = {
         "reward.png": plot_rewards(rows),
         "histograms.png": plot_histograms(rows),
@@ -320,7 +315,7 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="muted">{html.escape(str(artifacts.experiment_dir(cfg)))} &middot; reward {html.escape(cfg.score.reward)}
+<p class="muted">{html.escape(str(storage.experiment_dir(cfg)))} &middot; reward {html.escape(cfg.score.reward)}
 &middot; selection {html.escape(cfg.select.strategy)} &middot; K = {cfg.generate.n_samples}
 &middot; b = {cfg.prompts.n_prompts} &middot; mode {cfg.rounds.mode}, SFT from {cfg.rounds.sft_from}.
 Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} prompts never trained on;
@@ -339,7 +334,7 @@ Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} promp
 </body></html>
 """
     path = out_dir / "index.html"
-    artifacts.write_text(page, path)
+    storage.write_text(page, path)
     return path
 
 
@@ -363,7 +358,7 @@ def compare_experiments(cfg: Config, names: list[str], out_dir: Path) -> Path:
         sub = dataclasses.replace(cfg, experiment=dataclasses.replace(cfg.experiment, name=name))
         rows = collect(sub)
         if not rows:
-            raise artifacts.StageError(f"{artifacts.experiment_dir(sub)} has no finished eval: run its rounds first")
+            raise StageError(f"{storage.experiment_dir(sub)} has no finished eval: run its rounds first")
         xs, ys = _series(rows, "reward_sampled")
         ax.plot(xs, ys, "o-", label=name)
         sections.append((name, rows))
@@ -381,42 +376,8 @@ def compare_experiments(cfg: Config, names: list[str], out_dir: Path) -> Path:
         f"<style>{CSS}</style></head><body><h1>RAFT comparison</h1>{_img('held-out reward', png)}{tables}"
         "</body></html>"
     )
-    artifacts.write_text(page, out_dir / "index.html")
-    artifacts.write_text(
+    storage.write_text(page, out_dir / "index.html")
+    storage.write_text(
         "\n\n".join(f"### {name}\n\n{metrics_markdown(rows)}" for name, rows in sections) + "\n", out_dir / "tables.md"
     )
     return out_dir / "index.html"
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="raft-data report", description="Write an HTML report with plots of every evaluated round."
-    )
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <experiment>/report/)")
-    parser.add_argument(
-        "--compare", nargs="+", metavar="EXPERIMENT", default=None, help="compare these experiment names instead"
-    )
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_intermixed_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.compare:
-            out = args.out or artifacts.experiment_dir(cfg).parent / "compare"
-            path = compare_experiments(cfg, args.compare, out)
-            print((path.parent / "tables.md").read_text(encoding="utf-8"))
-        else:
-            path = write_report(cfg, args.out)
-            print(metrics_markdown(collect(cfg)))
-    except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"report: {path.resolve()}")
-
-
-if __name__ == "__main__":
-    main()

@@ -15,28 +15,19 @@ before round 0. One summary line is printed per round.
 
 from __future__ import annotations
 
-import argparse
-import sys
+from collections.abc import Callable
 from typing import Any
 
-from raft_data import artifacts
-from raft_data.cli_common import DEFAULT_CONFIG, user_errors
-from raft_data.config import Config, load_config
-from raft_data.evaluate import baseline_dir, evaluate, format_metrics
-from raft_data.generate import generate
-from raft_data.score import score
-from raft_data.select import select
+from raft_data import storage
+from raft_data.config import Config
+from raft_data.stages.evaluate import evaluate, format_metrics
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
 
-
-def round_wall_time(cfg: Config, round_idx: int) -> float:
-    """Seconds the round's stages took, summed from their manifests (time spent in earlier, resumed runs included)."""
-    rdir = artifacts.round_dir(cfg, round_idx)
-    total = 0.0
-    for folder in artifacts.STAGE_FOLDERS.values():
-        path = rdir / folder / "manifest.json"
-        if path.exists():
-            total += artifacts.read_json(path).get("wall_time_s", 0.0)
-    return total
+# The SFT stage, `train(cfg, round_idx) -> manifest`: `raft_sft.train.train`, handed in by the command line, so
+# that building data never imports the trainer.
+TrainFn = Callable[[Config, int], dict]
 
 
 def should_stop(history: list[float], epsilon: float, patience: int) -> bool:
@@ -47,10 +38,9 @@ def should_stop(history: list[float], epsilon: float, patience: int) -> bool:
     return all(rise < epsilon for rise in rises)
 
 
-def run_rounds(cfg: Config, n_rounds: int) -> list[dict[str, Any]]:
-    """Run rounds 0..n_rounds-1 (finished stages are skipped); returns each finished round's eval metrics."""
-    from raft_sft.train import train
-
+def run_rounds(cfg: Config, n_rounds: int, train: TrainFn) -> list[dict[str, Any]]:
+    """Run rounds 0..n_rounds-1 (finished stages are skipped); returns each finished round's eval metrics.
+    `train` is the SFT stage (`raft_sft.train.train`)."""
     results: list[dict[str, Any]] = []
     history: list[float] = []
     for round_idx in range(n_rounds):
@@ -60,11 +50,14 @@ def run_rounds(cfg: Config, n_rounds: int) -> list[dict[str, Any]]:
         train(cfg, round_idx)
         manifest = evaluate(cfg, round_idx)
         if round_idx == 0:
-            history.append(artifacts.read_json(baseline_dir(cfg) / "manifest.json")["metrics"]["reward_sampled"])
+            history.append(storage.read_json(storage.baseline_dir(cfg) / "manifest.json")["metrics"]["reward_sampled"])
         metrics = manifest["metrics"]
         history.append(metrics["reward_sampled"])
         results.append(metrics)
-        print(f"round {round_idx}: {format_metrics(metrics)} | {round_wall_time(cfg, round_idx):.0f}s", flush=True)
+        print(
+            f"round {round_idx}: {format_metrics(metrics)} | {storage.round_wall_time(cfg, round_idx):.0f}s",
+            flush=True,
+        )
         if should_stop(history, cfg.rounds.epsilon, cfg.rounds.patience):
             print(
                 f"rounds: stopping after round {round_idx}: held-out reward rose by less than "
@@ -72,33 +65,3 @@ def run_rounds(cfg: Config, n_rounds: int) -> list[dict[str, Any]]:
             )
             break
     return results
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="raft-data rounds",
-        description="Run generate, score, select, sft and eval for rounds 0..N-1, resuming where a run stopped.",
-    )
-    parser.add_argument("n_rounds", type=int, metavar="N", help="number of rounds (rounds 0..N-1)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. rounds.mode=offline"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = make_parser()
-    args = parser.parse_intermixed_args(argv)  # N, --config and overrides in any order
-    if args.n_rounds < 1:
-        parser.error(f"N={args.n_rounds} is invalid: expected >= 1")
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run_rounds(cfg, args.n_rounds)
-    except user_errors() as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -4,21 +4,21 @@ A layer-dropped copy (as DistilBERT started from every other layer of BERT) star
 norms and a spread of its layers, so distillation begins from a model that already reads the language.
 
 Run as:
-    python -m raft_sft.student --teacher assets/smollm2-135m-instruct --layers 6 --output runs/students/smollm2-l6
+    raft-sft student --teacher assets/smollm2-135m-instruct --layers 6 --output runs/students/smollm2-l6
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from raft_data.artifacts import save_model_folder
+from raft_data.errors import ConfigError
+from raft_data.models.loading import save_model_folder
 
 
 def kept_layers(n_teacher: int, n_student: int) -> list[int]:
     """`n_student` teacher layers spread evenly, the first and the last always kept."""
     if not 1 <= n_student <= n_teacher:
-        raise ValueError(f"--layers={n_student} is invalid: expected 1..{n_teacher}")
+        raise ConfigError(f"--layers={n_student} is invalid: expected 1..{n_teacher}")
     if n_student == 1:
         return [n_teacher - 1]
     return [round(i * (n_teacher - 1) / (n_student - 1)) for i in range(n_student)]
@@ -53,20 +53,3 @@ def make_student(teacher: str, output: Path, n_layers: int) -> dict:
     save_model_folder(small, tokenizer, output)
     n_big, n_small = (sum(p.numel() for p in m.parameters()) for m in (big, small))
     return {"teacher": teacher, "layers": keep, "parameters": n_small, "teacher_parameters": n_big}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build a layer-dropped student model from a teacher folder.")
-    parser.add_argument("--teacher", default="assets/smollm2-135m-instruct")
-    parser.add_argument("--layers", type=int, default=6, help="decoder layers the student keeps")
-    parser.add_argument("--output", required=True)
-    args = parser.parse_args(argv)
-    info = make_student(args.teacher, Path(args.output), args.layers)
-    print(
-        f"student: {info['parameters'] / 1e6:.1f}M parameters (teacher {info['teacher_parameters'] / 1e6:.1f}M), "
-        f"teacher layers {info['layers']} -> {args.output}"
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from raft_data import artifacts, schemas
+from raft_data import storage
 from raft_data.config import Config, config_from_dict
+from raft_data.storage import schemas
 
 WORDS = ["great", "bad", "fine", "dull", "", "  ", "moving", "a mess", "great"]
 
@@ -53,11 +54,11 @@ def random_rows(rng: random.Random, round_idx: int, n_prompts: int, k: int, leve
 
 def write_round(cfg: Config, round_idx: int, rows: list[dict], n_shards: int = 2) -> None:
     """samples/ and scores/ of one round, sharded, with manifests, as generate and score leave them."""
-    rdir = artifacts.round_dir(cfg, round_idx)
+    rdir = storage.round_dir(cfg, round_idx)
     extra = sorted({k for r in rows for k in r} - set(schemas.SAMPLES.names) - {"reward"})
     scores_schema = schemas.scores_schema(["reward", *extra])
     for stage, schema in (("generate", schemas.SAMPLES), ("score", scores_schema)):
-        folder = rdir / artifacts.STAGE_FOLDERS[stage]
+        folder = rdir / storage.STAGE_FOLDERS[stage]
         for s in range(n_shards):
             part = rows[s::n_shards]
             data = {name: [r.get(name) for r in part] for name in schema.names}
@@ -65,7 +66,7 @@ def write_round(cfg: Config, round_idx: int, rows: list[dict], n_shards: int = 2
             data |= {"round": [round_idx] * len(part)}
             table = pa.table({name: data[name] for name in schema.names}, schema=schema)
             folder.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, folder / artifacts.shard_name(s, n_shards))  # no fsync: test data
+            pq.write_table(table, folder / storage.shard_name(s, n_shards))  # no fsync: test data
         manifest = {"stage": stage, "round": round_idx, "config_hash": f"{stage}-{round_idx}", "config": {}}
         manifest["counts"] = {"prompts": len({r["prompt_id"] for r in rows}), "rows": len(rows), "shards": n_shards}
-        artifacts.write_json(manifest, folder / "manifest.json")
+        storage.write_json(manifest, folder / "manifest.json")

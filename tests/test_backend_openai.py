@@ -15,9 +15,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts, generate
-from raft_data.backends import BackendError
-from raft_data.config import ConfigError
+from raft_data import storage
+from raft_data.cli.stages import generate_command
+from raft_data.errors import BackendError, ConfigError
+from raft_data.stages.generate import generate
 
 from .conftest import make_config
 
@@ -108,10 +109,10 @@ def test_generate_retries_429_then_writes_shards(tmp_path, prompts_file, fake_se
     monkeypatch.setenv("TEST_API_KEY", "sk-test")
     cfg = api_config(tmp_path, prompts_file, base, api_endpoint=endpoint, api_key_env="TEST_API_KEY")
 
-    manifest = generate.generate(cfg, 0)
+    manifest = generate(cfg, 0)
 
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    rows = [r for f in artifacts.shard_files(folder) for r in pq.read_table(f).to_pylist()]
+    folder = storage.round_dir(cfg, 0) / "samples"
+    rows = [r for f in storage.shard_files(folder) for r in pq.read_table(f).to_pylist()]
     assert manifest["counts"]["samples"] == len(rows) == 8 * 3
     assert len(state.requests) == 8 + 2
     by_prompt: dict[str, list[dict]] = {}
@@ -142,13 +143,13 @@ def test_client_error_is_one_line_and_leaves_no_shard(tmp_path, prompts_file, fa
     config_path.write_text(cfg.to_yaml(), encoding="utf-8")
 
     with pytest.raises(SystemExit) as exit_info:
-        generate.main(["--config", str(config_path), "--round", "0"])
+        generate_command(["--config", str(config_path), "--round", "0"])
 
     assert exit_info.value.code == 2
     err = capsys.readouterr().err  # the progress bar shares stderr; the error is its last line, whole
     assert err.endswith(f"error: {base}/completions answered HTTP 400: scripted failure 400\n")
     assert err.count("error:") == 1
-    folder = artifacts.round_dir(cfg, 0) / "samples"
+    folder = storage.round_dir(cfg, 0) / "samples"
     assert not (folder / "manifest.json").exists()
     assert not list(folder.glob("*.parquet")) and not list(folder.glob("*.done"))
     # No retry on a 4xx: each prompt of the first shard is asked at most once. The second request may never be
@@ -164,14 +165,14 @@ def test_server_errors_give_up_after_retries(tmp_path, prompts_file, fake_server
     cfg = api_config(tmp_path, prompts_file, base, api_max_retries=2, api_concurrency=1, n_shards=1)
 
     with pytest.raises(BackendError, match=r"failed after 3 attempts; last error: HTTP 502: scripted failure 502"):
-        generate.generate(cfg, 0)
+        generate(cfg, 0)
     assert len(state.requests) == 3  # one prompt, three attempts, then the shard stops
 
 
 def test_refused_connection_is_retried_then_reported(tmp_path, prompts_file):
     cfg = api_config(tmp_path, prompts_file, "http://127.0.0.1:9/v1", api_max_retries=1, n_shards=1)
     with pytest.raises(BackendError, match=r"failed after 2 attempts; last error: .*refused"):
-        generate.generate(cfg, 0)
+        generate(cfg, 0)
 
 
 def test_missing_api_key_variable_is_a_config_error(tmp_path, prompts_file, fake_server, monkeypatch):
@@ -179,4 +180,4 @@ def test_missing_api_key_variable_is_a_config_error(tmp_path, prompts_file, fake
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     cfg = api_config(tmp_path, prompts_file, base, api_key_env="NO_SUCH_KEY_VAR")
     with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR"):
-        generate.generate(cfg, 0)
+        generate(cfg, 0)

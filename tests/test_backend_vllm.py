@@ -3,7 +3,7 @@ OpenAI-compatible server on loopback killed in the middle of a round.
 
 These tests are marked `vllm` and run with `make test-vllm` (inside .venv-vllm, which `make setup-vllm` builds).
 Where vLLM is not importable (the default `make test` environment) they are skipped with that reason.
-Each stage runs as its own process (`python -m raft_data.generate`), as users run it.
+Each stage runs as its own process (`python -m raft_data generate`), as users run it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts, schemas
-from raft_data.backends import BACKENDS, BackendError
+from raft_data import storage
+from raft_data.backends import BACKENDS
+from raft_data.errors import BackendError
+from raft_data.storage import schemas
 
 from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets, tiny_llama_config
 
@@ -41,10 +43,10 @@ def engine_env() -> dict[str, str]:
 
 
 def run_stage(cfg, tmp_path: Path, name: str = "exp.yaml", check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m raft_data.generate` in a fresh process, so the engine is started and freed as in real use."""
+    """`python -m raft_data generate` in a fresh process, so the engine is started and freed as in real use."""
     config_path = tmp_path / name
     config_path.write_text(cfg.to_yaml(), encoding="utf-8")
-    cmd = [sys.executable, "-m", "raft_data.generate", "--config", str(config_path), "--round", "0"]
+    cmd = [sys.executable, "-m", "raft_data", "generate", "--config", str(config_path), "--round", "0"]
     proc = subprocess.run(cmd, env=engine_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"generate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -53,17 +55,17 @@ def run_stage(cfg, tmp_path: Path, name: str = "exp.yaml", check: bool = True) -
 
 def check_shards(cfg) -> list[dict]:
     """The samples/ folder a finished generate stage must leave, whatever the backend."""
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    manifest = artifacts.read_json(folder / "manifest.json")
-    files = artifacts.shard_files(folder)
+    folder = storage.round_dir(cfg, 0) / "samples"
+    manifest = storage.read_json(folder / "manifest.json")
+    files = storage.shard_files(folder)
     assert len(files) == cfg.generate.n_shards
     rows = []
     for f in files:
         table = pq.read_table(f)
         assert table.schema.equals(schemas.SAMPLES, check_metadata=False)
-        assert artifacts.shard_done(f)
+        assert storage.shard_done(f)
         rows += table.to_pylist()
-    prompts = pq.read_table(artifacts.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
+    prompts = pq.read_table(storage.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
     k = cfg.generate.n_samples
     assert len(rows) == len(prompts) * k == manifest["counts"]["samples"]
     by_prompt: dict[str, list[dict]] = {}
@@ -119,11 +121,11 @@ def test_vllm_generate_tiny_model_and_shard_rerun_is_identical(tmp_path, vllm_ti
     assert all(r["generator"] == f"vllm:{tiny_model_dir}" for r in rows)
 
     # Redo one shard from scratch: same seed and config give the same samples.
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    shard = folder / artifacts.shard_name(1, cfg.generate.n_shards)
+    folder = storage.round_dir(cfg, 0) / "samples"
+    shard = folder / storage.shard_name(1, cfg.generate.n_shards)
     before = pq.read_table(shard)
     shard.unlink()
-    artifacts.marker_path(shard).unlink()
+    storage.marker_path(shard).unlink()
     (folder / "manifest.json").unlink()
     run_stage(cfg, tmp_path)
     assert pq.read_table(shard).equals(before)
@@ -211,17 +213,17 @@ def test_openai_backend_on_vllm_server_survives_a_killed_server(tmp_path, vllm_t
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, prompts={"n_prompts": 12}, generate=api)
     config_path = tmp_path / "exp.yaml"
     config_path.write_text(cfg.to_yaml(), encoding="utf-8")
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    first = folder / artifacts.shard_name(0, cfg.generate.n_shards)
+    folder = storage.round_dir(cfg, 0) / "samples"
+    first = folder / storage.shard_name(0, cfg.generate.n_shards)
 
     server = start_server(tiny_model_dir, port, tmp_path / "server-1.log")
-    cmd = [sys.executable, "-m", "raft_data.generate", "--config", str(config_path), "--round", "0"]
+    cmd = [sys.executable, "-m", "raft_data", "generate", "--config", str(config_path), "--round", "0"]
     stage = subprocess.Popen(cmd, env=engine_env(), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
-        while not artifacts.shard_done(first) and stage.poll() is None and time.time() < deadline:
+        while not storage.shard_done(first) and stage.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        assert artifacts.shard_done(first), "the first shard never finished"
+        assert storage.shard_done(first), "the first shard never finished"
     finally:
         kill_server(server)  # while the second shard's requests are under way
     _, err = stage.communicate(timeout=120)
@@ -230,7 +232,7 @@ def test_openai_backend_on_vllm_server_survives_a_killed_server(tmp_path, vllm_t
     assert f"error: {cfg.generate.api_base}/completions failed after 3 attempts; last error: " in err
     assert err.count("error: http") == 1
     assert not (folder / "manifest.json").exists()
-    done = [i for i in range(cfg.generate.n_shards) if artifacts.shard_done(folder / artifacts.shard_name(i, 4))]
+    done = [i for i in range(cfg.generate.n_shards) if storage.shard_done(folder / storage.shard_name(i, 4))]
     assert 0 in done and len(done) < cfg.generate.n_shards
     first_stat = first.stat()
 

@@ -11,9 +11,9 @@ from .conftest import ROOT, make_config
 
 def run(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = "import sys; from raft_data.cli import main; sys.argv[0] = 'raft-data'; main()"
+    code = "import sys; from raft_data.cli.main import main; sys.argv[0] = 'raft-data'; main()"
     if args and args[0] == "raft-sft":
-        code = "from raft_sft.train import cli; cli()"
+        code = "from raft_data.cli.sft import main; main()"
         args = args[1:]
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True)
 
@@ -53,17 +53,19 @@ def test_user_errors_are_one_line_with_exit_status_2(tmp_path, tiny_model_dir, p
         assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
 
 
-@pytest.mark.parametrize("module", ["raft_data.prompts", "raft_data.sources", "raft_data.chat"])
-def test_round_tools_print_or_fail_in_one_line(module, tmp_path, tiny_model_dir, prompts_file, capsys) -> None:
-    import importlib
+@pytest.mark.parametrize("command", ["prompts", "sources", "chat"])
+def test_round_tools_print_or_fail_in_one_line(command, tmp_path, tiny_model_dir, prompts_file, capsys) -> None:
+    from raft_data.cli.main import main as raft_data
 
-    main = importlib.import_module(module).main
+    def main(argv: list[str]) -> None:
+        raft_data([command, "--config", *argv])
+
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file)
     config_path = tmp_path / "exp.yaml"
     config_path.write_text(cfg.to_yaml(), encoding="utf-8")
 
     main([str(config_path)])
-    if module != "raft_data.sources":  # no extra sources configured: nothing to count
+    if command != "sources":  # no extra sources configured: nothing to count
         assert len(capsys.readouterr().out.splitlines()) >= cfg.prompts.n_prompts
 
     for argv, message in (

@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raft_data.config import ConfigError, config_from_dict, load_config
+from raft_data.config import config_from_dict, load_config
+from raft_data.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ROOT / "pipelines" / "imdb_positive.yaml"

@@ -13,13 +13,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raft_data import artifacts
-from raft_data.config import ConfigError
-from raft_data.generate import generate
-from raft_data.score import score
-from raft_data.select import select
+from raft_data import storage
+from raft_data.errors import ConfigError, StageError
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
+from raft_sft.distill import distill
 from raft_sft.student import kept_layers, make_student
-from raft_sft.train import distill, train
+from raft_sft.train import train
 
 from .conftest import ROOT, make_config
 
@@ -61,10 +62,10 @@ def test_distill_across_experiments(tmp_path, tiny_model_dir, two_experiments) -
     before, after = weights(student), weights(out)
     assert before.keys() == after.keys()
     assert all(not torch.equal(before[k], after[k]) for k in before)  # every parameter trained
-    assert (out / "tokenizer.json").is_file() and not artifacts.tmp_folder(out).exists()
+    assert (out / "tokenizer.json").is_file() and not storage.tmp_folder(out).exists()
     # a rerun is skipped; other data is refused without --force
     assert distill(cfg, [str(tmp_path / "runs" / "exp_*" / "round-0000")], str(student), out) == manifest
-    with pytest.raises(artifacts.StageError, match="--force"):
+    with pytest.raises(StageError, match="--force"):
         distill(cfg, [str(tmp_path / "runs" / "exp_a" / "round-0000" / "selected")], str(student), out)
 
 
@@ -72,14 +73,14 @@ def test_distill_refuses_missing_or_unfinished_data(tmp_path, tiny_config, tiny_
     with pytest.raises(ConfigError, match="matches nothing"):
         distill(tiny_config, [str(tmp_path / "nope-*")], str(tiny_model_dir), tmp_path / "out")
     (tmp_path / "half" / "selected").mkdir(parents=True)
-    with pytest.raises(artifacts.StageError, match="not a finished selected"):
+    with pytest.raises(StageError, match="not a finished selected"):
         distill(tiny_config, [str(tmp_path / "half")], str(tiny_model_dir), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_lora_merged_and_adapter(tmp_path, tiny_model_dir, prompts_file) -> None:
     cfg = make_round(tmp_path, tiny_model_dir, prompts_file, "exp_lora")
-    data = [str(artifacts.round_dir(cfg, 0))]
+    data = [str(storage.round_dir(cfg, 0))]
     merged_cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **SFT, lora={"r": 4, "alpha": 8})
     merged = distill(merged_cfg, data, str(tiny_model_dir), tmp_path / "merged")
     assert merged["lora"]["r"] == 4 and 0 < merged["trainable_parameters"] < 100_000
@@ -101,7 +102,7 @@ def test_round_sft_with_lora(tmp_path, tiny_model_dir, prompts_file) -> None:
     )
     manifest = train(cfg, 0)
     assert manifest["config"]["lora"]["r"] == 2
-    assert (artifacts.round_dir(cfg, 0) / "model" / "model.safetensors").is_file()
+    assert (storage.round_dir(cfg, 0) / "model" / "model.safetensors").is_file()
 
 
 def test_sft_data_parallel_two_cpu_processes(tmp_path, tiny_model_dir, two_experiments) -> None:
@@ -112,7 +113,7 @@ def test_sft_data_parallel_two_cpu_processes(tmp_path, tiny_model_dir, two_exper
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "-m", "raft_sft.train", "--config", str(tmp_path / "cfg.yaml"),
+        "-m", "raft_data.cli.sft", "train", "--config", str(tmp_path / "cfg.yaml"),
         "--data", str(tmp_path / "runs" / "exp_*" / "round-0000"),
         "--model", str(tiny_model_dir), "--output", str(out), "--log-examples",
     ]  # fmt: skip
@@ -120,17 +121,17 @@ def test_sft_data_parallel_two_cpu_processes(tmp_path, tiny_model_dir, two_exper
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = artifacts.read_json(out / "manifest.json")
+    manifest = storage.read_json(out / "manifest.json")
     assert manifest["counts"]["processes"] == 2
     assert manifest["counts"]["steps"] == 2  # 8 examples / (2 processes x 2 per device)
-    ranks = [artifacts.read_json(out / "examples" / f"rank-{r:05d}.json")["example_ids"] for r in (0, 1)]
+    ranks = [storage.read_json(out / "examples" / f"rank-{r:05d}.json")["example_ids"] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 4
     seen = ranks[0] + ranks[1]
     assert len(set(seen)) == len(seen) == 8  # none repeated, none lost
     assert {s.split("/")[0] for s in seen} == {"exp_a", "exp_b"}
     w0, w1 = weights(tiny_model_dir), weights(out)
     assert all(not torch.equal(w0[k], w1[k]) for k in w0)
-    assert not artifacts.tmp_folder(out).exists()
+    assert not storage.tmp_folder(out).exists()
 
 
 def test_student_keeps_spread_layers(tmp_path, tiny_model_dir) -> None:
@@ -149,13 +150,13 @@ def test_student_keeps_spread_layers(tmp_path, tiny_model_dir) -> None:
 def test_evaluate_on_heldout_prompts(tmp_path, tiny_model_dir, prompts_file) -> None:
     import pyarrow.parquet as pq
 
-    from raft_data.heldout import evaluate
-    from raft_data.prompts import split_prompts
-    from raft_data.rewards import vader
+    from raft_data.data.prompts import split_prompts
+    from raft_data.rewards.builtin import vader
+    from raft_data.tools.heldout import heldout_reward
 
     sections = {**SMALL, "prompts": {"n_prompts": 4, "heldout_fraction": 0.5}}
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **sections)
-    result = evaluate(cfg, str(tiny_model_dir), 2, tmp_path / "eval.parquet")
+    result = heldout_reward(cfg, str(tiny_model_dir), 2, tmp_path / "eval.parquet")
     table = pq.read_table(tmp_path / "eval.parquet").to_pydict()
     _, heldout = split_prompts(cfg.prompts)
     assert set(table["prompt_id"]) == set(heldout["prompt_id"].to_pylist()[:2])  # held-out prompts only
@@ -163,5 +164,5 @@ def test_evaluate_on_heldout_prompts(tmp_path, tiny_model_dir, prompts_file) -> 
     assert table["reward"] == vader(table["prompt"], table["completion"])
     assert result["mean_reward"] == pytest.approx(sum(table["reward"]) / len(table["reward"]))
     # the same seed for every model: a second evaluation of the same model gives the same samples
-    again = evaluate(cfg, str(tiny_model_dir), 2)
+    again = heldout_reward(cfg, str(tiny_model_dir), 2)
     assert again["mean_reward"] == result["mean_reward"]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from raft_data.evaluate import distinct_n, msttr, perplexity, sequence_logprobs
+from raft_data.models.logprobs import perplexity, sequence_logprobs
 from raft_data.rounds import should_stop
+from raft_data.stages.evaluate import distinct_n, msttr
 
 
 def test_distinct_n_counts_ngrams_within_each_text() -> None:

@@ -9,16 +9,16 @@ import pyarrow.parquet as pq
 import pytest
 from transformers import AutoTokenizer
 
-from raft_data import artifacts
-from raft_data.config import ConfigError
-from raft_data.generate import generate
+from raft_data import storage
+from raft_data.errors import ConfigError
+from raft_data.stages.generate import generate
 
 from .conftest import make_config
 
 
 def read_samples(cfg) -> list[dict]:
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    return pa.concat_tables([pq.read_table(p) for p in artifacts.shard_files(folder)]).to_pylist()
+    folder = storage.round_dir(cfg, 0) / "samples"
+    return pa.concat_tables([pq.read_table(p) for p in storage.shard_files(folder)]).to_pylist()
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_message_lists_go_through_the_chat_template(tmp_path, tiny_model_dir, ch
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert manifest["chat_template"] == tokenizer.chat_template
-    stored = pq.read_table(artifacts.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
+    stored = pq.read_table(storage.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
     by_id = {row["prompt_id"]: json.loads(row["prompt"]) for row in stored}
     assert by_id == dict(zip(["c0", "c1", "c2", "c3"], conversations, strict=True))
     rows = read_samples(cfg)
@@ -58,14 +58,14 @@ def test_message_lists_need_chat_template(tmp_path, tiny_model_dir, chat_prompts
     cfg = make_config(tmp_path, tiny_model_dir, path, prompts=prompts)
     with pytest.raises(ConfigError, match="set generate.chat_template=true"):
         generate(cfg, 0)
-    assert not artifacts.shard_files(artifacts.round_dir(cfg, 0) / "samples")
+    assert not storage.shard_files(storage.round_dir(cfg, 0) / "samples")
 
 
 def test_plain_prompts_with_chat_template(tmp_path, tiny_model_dir, prompts_file):
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, generate={"chat_template": True, "n_shards": 1})
     generate(cfg, 0)
     originals = {
-        r["prompt_id"]: r["prompt"] for r in pq.read_table(artifacts.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
+        r["prompt_id"]: r["prompt"] for r in pq.read_table(storage.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
     }
     for row in read_samples(cfg):
         assert row["prompt"].startswith("<|im_start|>system\n")

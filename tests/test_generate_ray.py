@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from raft_data import artifacts
-from raft_data.generate import generate
+from raft_data import storage
+from raft_data.stages.generate import generate
 
 from .conftest import make_config
 
@@ -28,19 +28,19 @@ def test_ray_shards_match_local_run_and_resume(tmp_path, tiny_model_dir, prompts
 
     on_ray = make_config(tmp_path / "ray", tiny_model_dir, prompts_file, generate={"executor": "ray"})
     generate(on_ray, 0, shard=1)  # as if a first attempt died after one shard
-    done_first = (artifacts.round_dir(on_ray, 0) / "samples" / "shard-00001-of-00003.done").read_text()
+    done_first = (storage.round_dir(on_ray, 0) / "samples" / "shard-00001-of-00003.done").read_text()
     manifest = generate(on_ray, 0)
 
     assert manifest is not None and manifest["counts"]["samples"] == 8 * 3
     # the finished shard was not redone, and the executor is not part of the config hash
-    assert (artifacts.round_dir(on_ray, 0) / "samples" / "shard-00001-of-00003.done").read_text() == done_first
+    assert (storage.round_dir(on_ray, 0) / "samples" / "shard-00001-of-00003.done").read_text() == done_first
     assert (
         manifest["config_hash"]
-        == artifacts.read_json(artifacts.round_dir(local, 0) / "samples" / "manifest.json")["config_hash"]
+        == storage.read_json(storage.round_dir(local, 0) / "samples" / "manifest.json")["config_hash"]
     )
     for a, b in zip(
-        artifacts.shard_files(artifacts.round_dir(local, 0) / "samples"),
-        artifacts.shard_files(artifacts.round_dir(on_ray, 0) / "samples"),
+        storage.shard_files(storage.round_dir(local, 0) / "samples"),
+        storage.shard_files(storage.round_dir(on_ray, 0) / "samples"),
         strict=True,
     ):
         assert a.read_bytes() == b.read_bytes(), a.name

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts
-from raft_data.config import ConfigError
-from raft_data.generate import generate
-from raft_data.prompts import DataError, draw_round_prompts
-from raft_data.score import score
-from raft_data.select import select
+from raft_data import storage
+from raft_data.data.prompts import draw_round_prompts
+from raft_data.errors import ConfigError, DataError, StageError
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
 
 from .conftest import REAL_PROMPTS, make_config, require_assets
 
@@ -40,8 +40,8 @@ def real_prompts_config(tmp_path, model_dir, sources: list[dict], **generate_fie
 
 
 def read_samples(cfg) -> pa.Table:
-    folder = artifacts.round_dir(cfg, 0) / "samples"
-    return pa.concat_tables([pq.read_table(p) for p in artifacts.shard_files(folder)])
+    folder = storage.round_dir(cfg, 0) / "samples"
+    return pa.concat_tables([pq.read_table(p) for p in storage.shard_files(folder)])
 
 
 def test_references_and_another_model_ranked_with_policy(tmp_path, tiny_model_dir):
@@ -64,7 +64,7 @@ def test_references_and_another_model_ranked_with_policy(tmp_path, tiny_model_di
     assert manifest["inputs"]["source:reference"] == str(REAL_PROMPTS)
     keys = [(r["prompt_id"], r["sample_idx"]) for r in rows]
     assert len(keys) == len(set(keys)), "sample_idx must be unique per prompt across sources"
-    prompts = pq.read_table(artifacts.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
+    prompts = pq.read_table(storage.round_dir(cfg, 0) / "prompts.parquet").to_pylist()
     assert len(prompts) == 8
     for p in prompts:
         mine = sorted((r for r in rows if r["prompt_id"] == p["prompt_id"]), key=lambda r: r["sample_idx"])
@@ -79,7 +79,7 @@ def test_references_and_another_model_ranked_with_policy(tmp_path, tiny_model_di
     # scoring and selection see one pool of candidates per prompt, whatever their source
     score(cfg, 0)
     select(cfg, 0)
-    rdir = artifacts.round_dir(cfg, 0)
+    rdir = storage.round_dir(cfg, 0)
     con = duckdb.connect()
     best = con.execute(
         "select s.prompt_id, s.sample_idx, s.source, r.reward from read_parquet(?) s join read_parquet(?) r "
@@ -103,7 +103,7 @@ def test_changed_source_file_is_a_new_config(tmp_path, tiny_model_dir, prompts_f
     )
     generate(cfg, 0)
     refs.write_text(json.dumps({"prompt_id": "p000", "completion": " bad."}) + "\n", encoding="utf-8")
-    with pytest.raises(artifacts.StageError, match="another config"):
+    with pytest.raises(StageError, match="another config"):
         generate(cfg, 0)
 
 
@@ -118,7 +118,7 @@ def test_strip_prompt_needs_the_prompt_first(tmp_path, tiny_model_dir, prompts_f
     refs.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(DataError, match=f"prompt_id='{drawn[-1]['prompt_id']}' does not start with its prompt"):
         generate(cfg, 0)
-    assert not artifacts.shard_files(artifacts.round_dir(cfg, 0) / "samples")
+    assert not storage.shard_files(storage.round_dir(cfg, 0) / "samples")
 
 
 def test_bad_source_rows_name_file_row_and_column(tmp_path, tiny_model_dir, prompts_file):

@@ -6,7 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from raft_data.config import PromptsConfig
-from raft_data.prompts import DataError, draw_round_prompts, read_prompt_source, split_prompts
+from raft_data.data.prompts import draw_round_prompts, read_prompt_source, split_prompts
+from raft_data.errors import DataError
 
 from .conftest import REAL_PROMPTS, require_assets
 

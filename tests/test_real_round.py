@@ -4,11 +4,11 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
 
-from raft_data import artifacts
+from raft_data import storage
 from raft_data.config import load_config
-from raft_data.generate import generate
-from raft_data.score import score
-from raft_data.select import select
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
 from raft_sft.train import train
 
 from .conftest import ROOT, require_assets
@@ -35,8 +35,8 @@ def test_one_round_on_smollm2(tmp_path, monkeypatch) -> None:
     manifest = select(cfg, 0)
     train(cfg, 0)
 
-    rdir = artifacts.round_dir(cfg, 0)
-    samples = pq.read_table([str(p) for p in artifacts.shard_files(rdir / "samples")])
+    rdir = storage.round_dir(cfg, 0)
+    samples = pq.read_table([str(p) for p in storage.shard_files(rdir / "samples")])
     assert samples.num_rows == 8
     completions = samples["completion"].to_pylist()
     assert sum(len(c.split()) >= 3 for c in completions) >= 6, completions  # real text, not noise

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from raft_data import artifacts
+from raft_data import storage
 
 from .conftest import ROOT, make_config
 
 
-def stage(cfg_path: Path, module: str, *extra: str) -> subprocess.Popen:
+def stage(cfg_path: Path, command: str, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", module, "--config", str(cfg_path), "--round", "0", *extra],
+        [sys.executable, "-m", "raft_data", command, "--config", str(cfg_path), "--round", "0", *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -25,8 +25,8 @@ def stage(cfg_path: Path, module: str, *extra: str) -> subprocess.Popen:
 
 
 def run_round(cfg_path: Path) -> None:
-    for module in ("raft_data.generate", "raft_data.score", "raft_data.select"):
-        proc = stage(cfg_path, module)
+    for command in ("generate", "score", "select"):
+        proc = stage(cfg_path, command)
         assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()
 
 
@@ -40,8 +40,8 @@ def test_kill_9_during_generation_then_rerun_completes_the_round(tmp_path, tiny_
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(cfg.to_yaml())
 
-    samples_dir = artifacts.round_dir(killed, 0) / "samples"
-    proc = stage(paths["killed"], "raft_data.generate")
+    samples_dir = storage.round_dir(killed, 0) / "samples"
+    proc = stage(paths["killed"], "generate")
     deadline = time.time() + 1200
     while not list(samples_dir.glob("*.done")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.01)
@@ -50,7 +50,7 @@ def test_kill_9_during_generation_then_rerun_completes_the_round(tmp_path, tiny_
     done_at_kill = len(list(samples_dir.glob("*.done")))
     assert 1 <= done_at_kill < 6, "the kill must land between the first and the last shard"
     assert not (samples_dir / "manifest.json").exists()
-    mtimes = {p: p.stat().st_mtime_ns for p in samples_dir.glob("*.parquet") if artifacts.marker_path(p).exists()}
+    mtimes = {p: p.stat().st_mtime_ns for p in samples_dir.glob("*.parquet") if storage.marker_path(p).exists()}
 
     run_round(paths["killed"])
     for path, mtime in mtimes.items():
@@ -58,7 +58,7 @@ def test_kill_9_during_generation_then_rerun_completes_the_round(tmp_path, tiny_
     run_round(paths["clean"])
 
     def selected(cfg):
-        return pq.read_table(artifacts.round_dir(cfg, 0) / "selected" / artifacts.shard_name(0, 1))
+        return pq.read_table(storage.round_dir(cfg, 0) / "selected" / storage.shard_name(0, 1))
 
     assert selected(killed).equals(selected(clean))
     assert not list(samples_dir.glob("*.tmp"))

@@ -12,12 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raft_data import artifacts
-from raft_data.config import ConfigError, ModelConfig
-from raft_data.generate import generate
-from raft_data.logprobs import load_logprob_fn
-from raft_data.rewards import hf_reward, load_components, reward_texts, vader
-from raft_data.score import score
+from raft_data import storage
+from raft_data.config import ModelConfig
+from raft_data.errors import ConfigError
+from raft_data.models.logprobs import load_logprob_fn
+from raft_data.rewards.builtin import vader
+from raft_data.rewards.hf import hf_reward, reward_texts
+from raft_data.rewards.loading import load_components
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
 
 from .conftest import REAL_MODEL, REAL_PROMPTS, make_config, require_assets, tiny_llama_config
 
@@ -173,9 +176,9 @@ SMALL = {"prompts": {"n_prompts": 4}, "generate": {"n_samples": 2, "max_new_toke
 def run_round_scores(cfg) -> tuple[dict, dict]:
     generate(cfg, 0)
     manifest = score(cfg, 0)
-    rdir = artifacts.round_dir(cfg, 0)
-    samples = pa.concat_tables([pq.read_table(f) for f in artifacts.shard_files(rdir / "samples")]).to_pydict()
-    scores = pa.concat_tables([pq.read_table(f) for f in artifacts.shard_files(rdir / "scores")]).to_pydict()
+    rdir = storage.round_dir(cfg, 0)
+    samples = pa.concat_tables([pq.read_table(f) for f in storage.shard_files(rdir / "samples")]).to_pydict()
+    scores = pa.concat_tables([pq.read_table(f) for f in storage.shard_files(rdir / "scores")]).to_pydict()
     return manifest, {"samples": samples, "scores": scores}
 
 
@@ -183,7 +186,7 @@ def test_weighted_components_each_keep_a_column(tmp_path, tiny_model_dir, prompt
     components = [
         {"name": "sentiment", "ref": "vader", "weight": 0.5},
         {"name": "rm", "model": str(regressor_dir), "weight": 2.0},
-        {"ref": "raft_data.rewards:length", "weight": -0.01},
+        {"ref": "raft_data.rewards.builtin:length", "weight": -0.01},
     ]
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **SMALL, score={"reward": components})
     manifest, data = run_round_scores(cfg)
@@ -239,7 +242,7 @@ def test_unknown_reward_leaves_nothing(tmp_path, tiny_model_dir, prompts_file) -
     generate(cfg, 0)
     with pytest.raises(ConfigError, match="no_such_reward"):
         score(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "scores").exists()
+    assert not (storage.round_dir(cfg, 0) / "scores").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,12 +12,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts, schemas
-from raft_data.config import Config, ConfigError, load_config
-from raft_data.evaluate import baseline_dir
-from raft_data.prompts import DataError, split_prompts
+from raft_data import storage
+from raft_data.config import Config, load_config
+from raft_data.data.prompts import split_prompts
+from raft_data.errors import ConfigError, DataError
 from raft_data.report import write_report
 from raft_data.rounds import run_rounds
+from raft_data.storage import baseline_dir, schemas
+from raft_sft.train import train
 
 from .conftest import REVIEW_OPENINGS, make_config
 
@@ -46,7 +48,7 @@ def rounds_config(tmp_path: Path, model_dir: Path, **sections: dict) -> Config:
 @pytest.fixture(scope="module")
 def two_rounds(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Config:
     cfg = rounds_config(tmp_path_factory.mktemp("rounds"), tiny_model_dir)
-    run_rounds(cfg, 2)
+    run_rounds(cfg, 2, train)
     return cfg
 
 
@@ -55,7 +57,7 @@ def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
     train, heldout = split_prompts(cfg.prompts)
     assert heldout.num_rows >= 1
     n_eval = min(EVAL["n_prompts"], heldout.num_rows)
-    folders = [baseline_dir(cfg)] + [artifacts.round_dir(cfg, r) / "eval" for r in (0, 1)]
+    folders = [baseline_dir(cfg)] + [storage.round_dir(cfg, r) / "eval" for r in (0, 1)]
     for folder in folders:
         manifest = json.loads((folder / "manifest.json").read_text())
         table = pq.read_table(folder / "completions.parquet")
@@ -76,7 +78,7 @@ def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
     assert base["kl"] == 0.0 and base["reward_all"] is None
     for r in (0, 1):
         m = json.loads((folders[r + 1] / "manifest.json").read_text())["metrics"]
-        scores = pq.read_table(artifacts.shard_files(artifacts.round_dir(cfg, r) / "scores")).to_pylist()
+        scores = pq.read_table(storage.shard_files(storage.round_dir(cfg, r) / "scores")).to_pylist()
         best: dict[str, float] = {}
         for row in scores:
             best[row["prompt_id"]] = max(best.get(row["prompt_id"], -9.0), row["reward"])
@@ -84,11 +86,11 @@ def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
         assert m["reward_best_of_k"] == pytest.approx(sum(best.values()) / len(best))
         assert m["reward_selected"] == pytest.approx(m["reward_best_of_k"])  # best_per_prompt keeps the best
         # the training prompts never include a held-out one
-        trained = pq.read_table(artifacts.round_dir(cfg, r) / "prompts.parquet")["prompt_id"].to_pylist()
+        trained = pq.read_table(storage.round_dir(cfg, r) / "prompts.parquet")["prompt_id"].to_pylist()
         assert not set(trained) & set(heldout["prompt_id"].to_pylist())
     # online mode: round 1 samples from round 0's model
-    generator = pq.read_table(artifacts.shard_files(artifacts.round_dir(cfg, 1) / "samples"))["generator"][0].as_py()
-    assert generator.endswith(str(artifacts.round_dir(cfg, 0) / "model"))
+    generator = pq.read_table(storage.shard_files(storage.round_dir(cfg, 1) / "samples"))["generator"][0].as_py()
+    assert generator.endswith(str(storage.round_dir(cfg, 0) / "model"))
 
 
 def _png_ok(data: bytes) -> bool:
@@ -109,7 +111,7 @@ def test_report_renders_html_with_plots(two_rounds: Config, tmp_path: Path) -> N
     assert page.count("<tr>") >= 4  # header, base, round 0, round 1 in the metrics table at least
     assert "kept" in page and "rejected" in page
     # the latest model's greedy completions appear in the examples table
-    latest = pq.read_table(artifacts.round_dir(two_rounds, 1) / "eval" / "completions.parquet").to_pylist()
+    latest = pq.read_table(storage.round_dir(two_rounds, 1) / "eval" / "completions.parquet").to_pylist()
     import html
 
     greedy = [r["completion"] for r in latest if r["kind"] == "greedy"]
@@ -143,13 +145,13 @@ def test_rounds_resume_after_an_interrupted_round(tmp_path: Path, tiny_model_dir
 
     monkeypatch.setattr(rounds_module, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_rounds(cfg, 1)
-    r0 = artifacts.round_dir(cfg, 0)
+        run_rounds(cfg, 1, train)
+    r0 = storage.round_dir(cfg, 0)
     assert (r0 / "model" / "manifest.json").exists() and not (r0 / "eval").exists()
     started = {p: json.loads(p.read_text())["started"] for p in r0.glob("*/manifest.json")}
     assert len(started) == 4  # samples, scores, selected, model
     monkeypatch.setattr(rounds_module, "evaluate", real_evaluate)
-    results = run_rounds(cfg, 1)
+    results = run_rounds(cfg, 1, train)
     assert len(results) == 1 and results[0]["reward_sampled"] is not None
     assert (r0 / "eval" / "manifest.json").exists() and (baseline_dir(cfg) / "manifest.json").exists()
     for p, t in started.items():  # nothing finished before the interruption was redone
@@ -165,17 +167,17 @@ def test_offline_mode_and_sft_from_base_choose_models(tmp_path: Path, tiny_model
         ("offline", "base", "base", "base"),
     ):
         cfg = rounds_config(tmp_path, tiny_model_dir, rounds={"mode": mode, "sft_from": sft_from})
-        prev = artifacts.round_dir(cfg, 0) / "model"
+        prev = storage.round_dir(cfg, 0) / "model"
         prev.mkdir(parents=True, exist_ok=True)
         (prev / "manifest.json").write_text(json.dumps({"config_hash": "abc"}))
         want = {"prev": str(prev), "base": base}
-        assert artifacts.policy_for_round(cfg, 1, role="generate")[0] == want[want_generate]
-        assert artifacts.policy_for_round(cfg, 1, role="train")[0] == want[want_train]
-        assert artifacts.policy_for_round(cfg, 0, role="train")[0] == base
+        assert storage.policy_for_round(cfg, 1, role="generate")[0] == want[want_generate]
+        assert storage.policy_for_round(cfg, 1, role="train")[0] == want[want_train]
+        assert storage.policy_for_round(cfg, 0, role="train")[0] == base
 
 
 def test_eval_without_heldout_prompts_is_refused(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from raft_data.evaluate import eval_prompts
+    from raft_data.data.prompts import eval_prompts
 
     cfg = rounds_config(tmp_path, tiny_model_dir, prompts={"heldout_fraction": 0.0})
     with pytest.raises(DataError, match="heldout_fraction"):
@@ -196,8 +198,8 @@ def test_rounds_and_eval_config_errors_name_the_key(tmp_path: Path) -> None:
 
 def test_eval_uses_the_weighted_reward_the_score_stage_writes(tmp_path: Path, tiny_model_dir: Path) -> None:
     """`score.reward` as a list of weighted components: eval's `reward` is the same weighted sum."""
-    from raft_data.evaluate import evaluate_model
-    from raft_data.rewards import length, vader
+    from raft_data.rewards.builtin import length, vader
+    from raft_data.stages.evaluate import evaluate_model
 
     components = [{"ref": "vader", "weight": 0.5}, {"ref": "length", "weight": 0.01}]
     cfg = rounds_config(tmp_path, tiny_model_dir, score={"reward": components})

@@ -5,9 +5,9 @@ import random
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts
-from raft_data.prompts import DataError
-from raft_data.select import select
+from raft_data import storage
+from raft_data.errors import DataError
+from raft_data.stages.select import select
 
 from .fake_rounds import fake_config, random_rows, write_round
 
@@ -16,7 +16,7 @@ def test_rerun_with_force_is_byte_identical(tmp_path) -> None:
     cfg = fake_config(tmp_path)
     write_round(cfg, 0, random_rows(random.Random(7), 0, n_prompts=200, k=5), n_shards=3)
     select(cfg, 0)
-    path = artifacts.round_dir(cfg, 0) / "selected" / artifacts.shard_name(0, 1)
+    path = storage.round_dir(cfg, 0) / "selected" / storage.shard_name(0, 1)
     first = path.read_bytes()
     select(cfg, 0, force=True)
     assert path.read_bytes() == first
@@ -26,10 +26,10 @@ def test_scores_missing_for_some_samples_are_refused(tmp_path) -> None:
     cfg = fake_config(tmp_path)
     rows = random_rows(random.Random(3), 0, n_prompts=50, k=5)
     write_round(cfg, 0, rows, n_shards=1)
-    scores = artifacts.shard_files(artifacts.round_dir(cfg, 0) / "scores")[0]
+    scores = storage.shard_files(storage.round_dir(cfg, 0) / "scores")[0]
 
     table = pq.read_table(scores)
     pq.write_table(table.slice(0, table.num_rows - 1), scores)
     with pytest.raises(DataError):
         select(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+    assert not (storage.round_dir(cfg, 0) / "selected").exists()

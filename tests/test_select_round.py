@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts
-from raft_data.cli import main as raft_data
+from raft_data import storage
+from raft_data.cli.main import main as raft_data
 from raft_data.config import Config
-from raft_data.generate import generate
-from raft_data.score import score
-from raft_data.select import select
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
 from raft_sft.train import train
 
 from .conftest import REVIEW_OPENINGS, make_config
@@ -50,13 +50,13 @@ def real_round(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
 
 
 def read_shards(folder: Path) -> pa.Table:
-    return pa.concat_tables([pq.read_table(f) for f in artifacts.shard_files(folder)])
+    return pa.concat_tables([pq.read_table(f) for f in storage.shard_files(folder)])
 
 
 def real_rows(cfg: Config, rounds: list[int]) -> list[dict]:
     rows = []
     for r in rounds:
-        rdir = artifacts.round_dir(cfg, r)
+        rdir = storage.round_dir(cfg, r)
         samples = read_shards(rdir / "samples").to_pylist()
         rewards = {(s["prompt_id"], s["sample_idx"]): s for s in read_shards(rdir / "scores").to_pylist()}
         rows += [s | rewards[(s["prompt_id"], s["sample_idx"])] for s in samples]
@@ -69,7 +69,7 @@ def with_select(cfg: Config, tmp_path: Path, **select_cfg: object) -> Config:
     new.experiment = type(cfg.experiment)(name="copy", output_root=str(tmp_path / "runs"), seed=cfg.experiment.seed)
     new.select = type(cfg.select)(**select_cfg)
     shutil.copytree(
-        artifacts.experiment_dir(cfg), artifacts.experiment_dir(new), ignore=shutil.ignore_patterns("selected")
+        storage.experiment_dir(cfg), storage.experiment_dir(new), ignore=shutil.ignore_patterns("selected")
     )
     return new
 
@@ -98,7 +98,7 @@ def test_strategies_and_guards_on_a_real_round(real_round, tmp_path: Path, selec
     assert bool(expected) != cfg.select.drop_truncated
     _, dropped = brute_guards(rows, cfg.select)
     assert {k: manifest["dropped"][k] for k in dropped} == dropped
-    card = (artifacts.round_dir(cfg, 1) / "selected" / "README.md").read_text()
+    card = (storage.round_dir(cfg, 1) / "selected" / "README.md").read_text()
     assert f"| selected | {len(expected)} |" in card
     assert f"strategy: {select_cfg['strategy']}" in card
 
@@ -113,7 +113,7 @@ def test_inspect_prints_counts_quantiles_and_examples(real_round, tmp_path: Path
     raft_data(["inspect", "--config", str(config_path), "--round", "0", "--examples", "2"])
     out = capsys.readouterr().out
     rows = real_rows(cfg, [0])
-    manifest = artifacts.read_json(artifacts.round_dir(cfg, 0) / "selected" / "manifest.json")
+    manifest = storage.read_json(storage.round_dir(cfg, 0) / "selected" / "manifest.json")
     _, dropped = brute_guards(rows, cfg.select)
     assert dropped["margin"] > 0
     assert f"dropped before ranking: margin {dropped['margin']}" in out
@@ -151,7 +151,7 @@ def test_sql_command_runs_a_query_over_the_round(real_round, tmp_path: Path, cap
         ["sql", "select prompt_id, reward from selected order by prompt_id", "--config", str(config_path), "--csv"]
     )
     csv = capsys.readouterr().out.splitlines()
-    table = read_shards(artifacts.round_dir(cfg, 0) / "selected").sort_by("prompt_id")
+    table = read_shards(storage.round_dir(cfg, 0) / "selected").sort_by("prompt_id")
     assert csv[0] == '"prompt_id","reward"'
     assert [line.split(",")[0].strip('"') for line in csv[1:]] == table["prompt_id"].to_pylist()
 
@@ -175,7 +175,7 @@ def test_messages_form_trains_with_trl(real_round, tmp_path: Path, tiny_model_di
     _, base = real_round
     cfg = with_select(base, tmp_path, format="messages")
     select(cfg, 0)
-    folder = artifacts.round_dir(cfg, 0) / "selected"
+    folder = storage.round_dir(cfg, 0) / "selected"
     ds = load_dataset("parquet", data_files=str(folder / "shard-*.parquet"), split="train")
     rows = {r["prompt_id"]: r for r in real_rows(cfg, [0])}
     assert len(ds) == len(rows) == 10

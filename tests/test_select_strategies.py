@@ -10,12 +10,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts
-from raft_data import select as select_module
-from raft_data.artifacts import StageError
-from raft_data.config import ConfigError, SelectConfig
-from raft_data.prompts import DataError
-from raft_data.select import GUARDS, select
+from raft_data import storage
+from raft_data.config import SelectConfig
+from raft_data.errors import ConfigError, DataError, StageError
+from raft_data.selection.engine import GUARDS
+from raft_data.stages import select as select_module
+from raft_data.stages.select import select
 
 from .fake_rounds import fake_config, random_rows, write_round
 
@@ -97,8 +97,8 @@ def brute_select(rows: list[dict], s: SelectConfig, round_idx: int, k: int) -> l
 
 
 def selected_keys(cfg, round_idx: int) -> list[tuple]:
-    folder = artifacts.round_dir(cfg, round_idx) / "selected"
-    table = pq.read_table(artifacts.shard_files(folder)[0])
+    folder = storage.round_dir(cfg, round_idx) / "selected"
+    table = pq.read_table(storage.shard_files(folder)[0])
     return sorted(
         zip(table["round"].to_pylist(), table["prompt_id"].to_pylist(), table["sample_idx"].to_pylist(), strict=True)
     )
@@ -218,7 +218,7 @@ def test_rank_by_must_be_a_numeric_scores_column(tmp_path: Path) -> None:
     cfg = fake_config(tmp_path, rank_by="prompt_id")
     with pytest.raises(ConfigError, match="is a VARCHAR column, not a number"):
         select(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+    assert not (storage.round_dir(cfg, 0) / "selected").exists()
 
 
 @pytest.mark.parametrize(
@@ -307,7 +307,7 @@ def test_bad_sql_file_is_refused_before_publishing(tmp_path: Path, text: str, er
     write_round(cfg, 0, random_rows(random.Random(0), 0, 6, 3))
     with pytest.raises(error, match=message):
         select(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+    assert not (storage.round_dir(cfg, 0) / "selected").exists()
     assert not (tmp_path / "x.csv").exists()
 
 
@@ -320,7 +320,7 @@ def test_built_in_strategy_output_must_be_candidates(tmp_path: Path, monkeypatch
     monkeypatch.setattr(select_module, "strategy_sql", lambda c: broken.format(sql=original(c)))
     with pytest.raises(DataError, match="1 selected rows are not candidates"):
         select(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+    assert not (storage.round_dir(cfg, 0) / "selected").exists()
 
 
 @pytest.mark.parametrize("clause", ["true; drop view scores", "$tau > 0", "reward >"])
@@ -346,12 +346,12 @@ def test_scores_out_of_line_with_samples_are_refused(tmp_path: Path) -> None:
     """scored pairs samples and scores by position; a scores shard in another row order must not slip through."""
     cfg = fake_config(tmp_path)
     write_round(cfg, 0, random_rows(random.Random(2), 0, 8, 3), n_shards=1)
-    path = artifacts.shard_files(artifacts.round_dir(cfg, 0) / "scores")[0]
+    path = storage.shard_files(storage.round_dir(cfg, 0) / "scores")[0]
     table = pq.read_table(path)
     pq.write_table(table.take(list(range(table.num_rows))[::-1]), path)
     with pytest.raises(DataError, match="scores rows do not line up with their samples rows"):
         select(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "selected").exists()
+    assert not (storage.round_dir(cfg, 0) / "selected").exists()
 
 
 def test_global_top_keeps_alpha_of_the_candidates_exactly(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raft_data.backends import transformers_backend
+from raft_data.backends.transformers import transformers_backend
 from raft_data.config import GenerateConfig, ModelConfig
 
 from .conftest import REVIEW_OPENINGS

@@ -6,28 +6,26 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from raft_data import artifacts, schemas
-from raft_data.artifacts import StageError
-from raft_data.backends import ModelLoadError
-from raft_data.config import ConfigError
-from raft_data.generate import generate
-from raft_data.prompts import DataError
-from raft_data.score import score
-from raft_data.select import select
+from raft_data import storage
+from raft_data.errors import ConfigError, DataError, ModelLoadError, StageError
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
+from raft_data.storage import schemas
 
 from .conftest import make_config
 
 
 def read_folder(folder: Path):
-    return pq.read_table([str(p) for p in artifacts.shard_files(folder)])
+    return pq.read_table([str(p) for p in storage.shard_files(folder)])
 
 
 def test_generate_writes_k_samples_per_prompt_in_shards(tiny_config) -> None:
     manifest = generate(tiny_config, 0)
-    rdir = artifacts.round_dir(tiny_config, 0)
-    files = artifacts.shard_files(rdir / "samples")
+    rdir = storage.round_dir(tiny_config, 0)
+    files = storage.shard_files(rdir / "samples")
     assert [f.name for f in files] == [f"shard-0000{i}-of-00003.parquet" for i in range(3)]
-    assert all(artifacts.marker_path(f).exists() for f in files)
+    assert all(storage.marker_path(f).exists() for f in files)
     table = read_folder(rdir / "samples")
     assert table.schema.equals(schemas.SAMPLES, check_metadata=False)
     prompts = pq.read_table(rdir / "prompts.parquet")
@@ -61,13 +59,13 @@ def test_sampling_settings_reach_generate_exactly(tiny_config, monkeypatch) -> N
 
 def test_same_seed_same_samples_and_finished_stage_is_skipped(tiny_config, tmp_path, tiny_model_dir, prompts_file):
     generate(tiny_config, 0)
-    first = read_folder(artifacts.round_dir(tiny_config, 0) / "samples")
-    mtime = artifacts.shard_files(artifacts.round_dir(tiny_config, 0) / "samples")[0].stat().st_mtime_ns
+    first = read_folder(storage.round_dir(tiny_config, 0) / "samples")
+    mtime = storage.shard_files(storage.round_dir(tiny_config, 0) / "samples")[0].stat().st_mtime_ns
     generate(tiny_config, 0)  # done: skipped
-    assert artifacts.shard_files(artifacts.round_dir(tiny_config, 0) / "samples")[0].stat().st_mtime_ns == mtime
+    assert storage.shard_files(storage.round_dir(tiny_config, 0) / "samples")[0].stat().st_mtime_ns == mtime
     other = make_config(tmp_path / "other", tiny_model_dir, prompts_file)
     generate(other, 0)
-    assert read_folder(artifacts.round_dir(other, 0) / "samples").equals(first)
+    assert read_folder(storage.round_dir(other, 0) / "samples").equals(first)
 
 
 def test_changed_config_is_refused_and_force_starts_over(tiny_config, tmp_path, tiny_model_dir, prompts_file):
@@ -76,13 +74,13 @@ def test_changed_config_is_refused_and_force_starts_over(tiny_config, tmp_path, 
     with pytest.raises(StageError, match="made with another config.*--force"):
         generate(changed, 0)
     generate(changed, 0, force=True)
-    table = read_folder(artifacts.round_dir(changed, 0) / "samples")
+    table = read_folder(storage.round_dir(changed, 0) / "samples")
     assert set(table["sample_idx"].to_pylist()) == {0, 1}  # old rows are gone, not mixed in
 
 
 def test_a_second_process_on_the_same_stage_is_refused(tiny_config) -> None:
-    rdir = artifacts.round_dir(tiny_config, 0)
-    with artifacts.stage_lock(rdir, "generate"):
+    rdir = storage.round_dir(tiny_config, 0)
+    with storage.stage_lock(rdir, "generate"):
         with pytest.raises(StageError, match="already running"):
             generate(tiny_config, 0)
 
@@ -101,13 +99,13 @@ def test_model_path_that_is_not_a_model(tmp_path, prompts_file) -> None:
     cfg = make_config(tmp_path, tmp_path / "empty", prompts_file)
     with pytest.raises(ModelLoadError, match="is not a model folder"):
         generate(cfg, 0)
-    assert not artifacts.shard_files(artifacts.round_dir(cfg, 0) / "samples")
+    assert not storage.shard_files(storage.round_dir(cfg, 0) / "samples")
 
 
 def test_score_and_select_on_generated_samples(tiny_config) -> None:
     generate(tiny_config, 0)
     score(tiny_config, 0)
-    rdir = artifacts.round_dir(tiny_config, 0)
+    rdir = storage.round_dir(tiny_config, 0)
     scores = read_folder(rdir / "scores")
     assert scores.column_names == ["prompt_id", "sample_idx", "reward", "vader"]
     assert scores.num_rows == 24 and all(-1 <= r <= 1 for r in scores["reward"].to_pylist())
@@ -151,5 +149,5 @@ def test_non_finite_reward_names_the_sample_and_publishes_nothing(tmp_path, tiny
     generate(cfg, 0)
     with pytest.raises(DataError, match=r"returned nan for prompt_id=p\d+ sample_idx=\d"):
         score(cfg, 0)
-    scores_dir = artifacts.round_dir(cfg, 0) / "scores"
-    assert not (scores_dir / "manifest.json").exists() and not artifacts.shard_files(scores_dir)
+    scores_dir = storage.round_dir(cfg, 0) / "scores"
+    assert not (scores_dir / "manifest.json").exists() and not storage.shard_files(scores_dir)

@@ -7,11 +7,11 @@ import torch
 from datasets import load_dataset
 from transformers import AutoModelForCausalLM
 
-from raft_data import artifacts
-from raft_data.config import ConfigError
-from raft_data.generate import generate
-from raft_data.score import score
-from raft_data.select import select
+from raft_data import storage
+from raft_data.errors import ConfigError
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
 from raft_sft.train import train
 
 from .conftest import make_config
@@ -25,7 +25,7 @@ def build_round(cfg, round_idx: int) -> None:
 
 def test_selected_loads_with_datasets_and_sft_changes_every_parameter(tiny_config, tiny_model_dir) -> None:
     build_round(tiny_config, 0)
-    rdir = artifacts.round_dir(tiny_config, 0)
+    rdir = storage.round_dir(tiny_config, 0)
     ds = load_dataset("parquet", data_files=str(rdir / "selected" / "*.parquet"), split="train")
     assert len(ds) == 8 and {"prompt", "completion", "reward", "prompt_id"} <= set(ds.column_names)
 
@@ -37,7 +37,7 @@ def test_selected_loads_with_datasets_and_sft_changes_every_parameter(tiny_confi
     assert manifest["counts"]["examples"] == 8 and manifest["start_model"] == str(tiny_model_dir)
     assert json.loads((rdir / "model" / "manifest.json").read_text())["config_hash"] == manifest["config_hash"]
     assert not (rdir / "model" / "training_args.bin").exists()
-    assert not artifacts.tmp_folder(rdir / "model").exists()
+    assert not storage.tmp_folder(rdir / "model").exists()
 
 
 def test_round_one_samples_from_and_trains_from_round_zeros_model(tiny_config) -> None:
@@ -48,7 +48,7 @@ def test_round_one_samples_from_and_trains_from_round_zeros_model(tiny_config) -
     score(tiny_config, 1)
     select(tiny_config, 1)
     manifest = train(tiny_config, 1)
-    assert manifest["start_model"] == str(artifacts.round_dir(tiny_config, 0) / "model")
+    assert manifest["start_model"] == str(storage.round_dir(tiny_config, 0) / "model")
 
 
 def test_unknown_sft_field_is_refused_before_training(tmp_path, tiny_model_dir, prompts_file) -> None:
@@ -56,7 +56,7 @@ def test_unknown_sft_field_is_refused_before_training(tmp_path, tiny_model_dir, 
     build_round(cfg, 0)
     with pytest.raises(ConfigError, match="unknown key sft.learning_rat"):
         train(cfg, 0)
-    assert not (artifacts.round_dir(cfg, 0) / "model").exists()
+    assert not (storage.round_dir(cfg, 0) / "model").exists()
 
 
 def test_end_of_sequence_is_trained_only_where_the_sample_ended(tiny_model_dir) -> None:

@@ -1,0 +1,108 @@
+"""The `transformers` generation backend: batched, left-padded sampling with `generate`, with exactly the
+configured sampling settings (nothing from the model's own generation config leaks in).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from raft_data.backends.base import Completion, SampleFn
+from raft_data.config import GenerateConfig, ModelConfig
+from raft_data.models.loading import load_tokenizer_and_model, resolve_device
+
+
+def stop_token_ids(tokenizer, model) -> set[int]:
+    """Every id that ends a sequence: the tokenizer's EOS and the model's generation-config EOS ids."""
+    ids = model.generation_config.eos_token_id
+    ids = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
+    """Batched, left-padded sampling with `generate`, with exactly the configured sampling settings."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = resolve_device(cfg.device)
+    tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, device)
+    tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer, model)
+    greedy = cfg.temperature == 0
+    # A fresh GenerationConfig, so nothing from the model's generation_config.json (or transformers' top_k=50
+    # default) leaks in: every sampling knob is set here from our config.
+    gen_cfg = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else cfg.temperature,
+        top_p=None if greedy else cfg.top_p,
+        top_k=None if greedy else cfg.top_k,
+        max_new_tokens=cfg.max_new_tokens,
+        # greedy `generate` refuses num_return_sequences > 1: the prompts are repeated K times instead
+        num_return_sequences=1 if greedy else cfg.n_samples,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(stops),
+    )
+    model.generation_config = gen_cfg
+    one_each = copy.deepcopy(gen_cfg)
+    one_each.num_return_sequences = 1
+
+    def shared_prefill_generate(enc) -> torch.Tensor:
+        """Prefill each prompt once, copy its KV cache K ways, and let `generate` sample from there.
+
+        The cache holds all prompt tokens but the last, so `generate` sees the same K-way, prompt-major batch as
+        with `num_return_sequences=K` and draws from the same logits with the same processors and RNG calls.
+        """
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)  # what `generate` derives for left padding
+        cache = DynamicCache(config=model.config)
+        model(
+            input_ids=ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=positions[:, :-1],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache.batch_repeat_interleave(cfg.n_samples)
+        k = cfg.n_samples
+        return model.generate(
+            input_ids=ids.repeat_interleave(k, 0),
+            attention_mask=mask.repeat_interleave(k, 0),
+            past_key_values=cache,
+            generation_config=one_each,
+        )
+
+    @torch.inference_mode()
+    def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
+        torch.manual_seed(seed)
+        out: list[list[Completion]] = []
+        for start in range(0, len(prompts), cfg.batch_size):
+            batch = prompts[start : start + cfg.batch_size]
+            enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
+            if cfg.shared_prefill and enc["input_ids"].shape[1] > 1:
+                seqs = shared_prefill_generate(enc)
+            elif greedy:
+                k = cfg.n_samples
+                repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
+                seqs = model.generate(**repeated, generation_config=gen_cfg)
+            else:
+                seqs = model.generate(**enc, generation_config=gen_cfg)
+            new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
+            for p in range(len(batch)):
+                out.append([_completion(tokenizer, new[p * cfg.n_samples + k], stops) for k in range(cfg.n_samples)])
+        return out
+
+    return sample
+
+
+def _completion(tokenizer, ids: list[int], stops: set[int]) -> Completion:
+    end = next((i for i, t in enumerate(ids) if t in stops), None)
+    body = ids if end is None else ids[:end]
+    return Completion(
+        text=tokenizer.decode(body, skip_special_tokens=True),
+        n_tokens=len(ids) if end is None else end + 1,
+        truncated=end is None,
+    )

@@ -1,0 +1,59 @@
+"""`raft-data rounds | report`: many rounds in one command, and the HTML report of an experiment.
+
+Run as:
+    raft-data rounds 3 --config pipelines/imdb_positive.yaml
+    raft-data report --config pipelines/imdb_positive.yaml
+    raft-data report --config pipelines/imdb_positive.yaml --compare imdb_positive_k1 imdb_positive_k2 \\
+        --out runs/ablation_k
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from raft_data import storage
+from raft_data.cli.common import add_config_args, run_stage
+from raft_data.config import Config
+from raft_data.report import collect, compare_experiments, metrics_markdown, write_report
+from raft_data.rounds import run_rounds
+from raft_sft.train import train
+
+
+def rounds_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data rounds",
+        description="Run generate, score, select, sft and eval for rounds 0..N-1, resuming where a run stopped.",
+    )
+    parser.add_argument("n_rounds", type=int, metavar="N", help="number of rounds (rounds 0..N-1)")
+    add_config_args(parser, round_arg=False)
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        if args.n_rounds < 1:
+            parser.error(f"N={args.n_rounds} is invalid: expected >= 1")
+        run_rounds(cfg, args.n_rounds, train)
+
+    run_stage(parser, argv, run)
+
+
+def report_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data report", description="Write an HTML report with plots of every evaluated round."
+    )
+    add_config_args(parser, round_arg=False)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <experiment>/report/)")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="EXPERIMENT", default=None, help="compare these experiment names instead"
+    )
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        if args.compare:
+            out = args.out or storage.experiment_dir(cfg).parent / "compare"
+            path = compare_experiments(cfg, args.compare, out)
+            print((path.parent / "tables.md").read_text(encoding="utf-8"))
+        else:
+            path = write_report(cfg, args.out)
+            print(metrics_markdown(collect(cfg)))
+        print(f"report: {path.resolve()}")
+
+    run_stage(parser, argv, run)

@@ -1,0 +1,63 @@
+"""`raft-data generate | score | select | eval`: one stage of one round.
+
+Run as:
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data score    --config pipelines/imdb_positive.yaml --round 0
+    raft-data select   --config pipelines/imdb_positive.yaml --round 0 select.strategy=top_n_per_prompt select.n=2
+    raft-data eval     --config pipelines/imdb_positive.yaml --round 0
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from raft_data.cli.common import add_stage_args, run_stage
+from raft_data.selection.engine import strategies
+from raft_data.stages.evaluate import evaluate
+from raft_data.stages.generate import generate
+from raft_data.stages.score import score
+from raft_data.stages.select import select
+
+
+def generate_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data generate",
+        description="Sample K completions per prompt for one round and write them as Parquet shards.",
+    )
+    add_stage_args(parser)
+    parser.add_argument(
+        "--shard", type=int, default=None, help="run only this shard (0-based), e.g. a Slurm array task's index"
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=None, help="the round's shard count; must equal generate.n_shards"
+    )
+    run_stage(
+        parser,
+        argv,
+        lambda cfg, a: generate(cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards),
+    )
+
+
+def score_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data score", description="Score every sample of one round with the configured reward."
+    )
+    run_stage(add_stage_args(parser), argv, lambda cfg, a: score(cfg, a.round, force=a.force))
+
+
+def select_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data select",
+        description="Rank a round's scored samples with a DuckDB query and write the selected set. "
+        f"Strategies (select.strategy): {', '.join(strategies())}.",
+    )
+    run_stage(add_stage_args(parser), argv, lambda cfg, a: select(cfg, a.round, force=a.force))
+
+
+def eval_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data eval",
+        description="Evaluate a round's fine-tuned model on held-out prompts (round 0 also evaluates the base model).",
+    )
+    run_stage(add_stage_args(parser), argv, lambda cfg, a: evaluate(cfg, a.round, force=a.force))

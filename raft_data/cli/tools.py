@@ -1,0 +1,174 @@
+"""`raft-data status | inspect | sql | config | prompts | sources | chat | logprob | reward | heldout |
+reward-model | assets`: the commands that look at a round, or do one thing once.
+
+Run as:
+    raft-data status  --config pipelines/imdb_positive.yaml --round 0
+    raft-data inspect --config pipelines/imdb_positive.yaml --round 0 --examples 5
+    raft-data sql "select count(*) from selected" --config pipelines/imdb_positive.yaml --round 0
+    raft-data assets --dest assets
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raft_data import storage
+from raft_data.cli.common import add_config_args, guarded, parse, run_stage
+from raft_data.config import Config
+from raft_data.rewards.reward_model import build_reward_model
+from raft_data.tools import look
+from raft_data.tools.assets import fetch_assets
+from raft_data.tools.heldout import heldout_reward
+from raft_data.tools.inspect import inspect
+from raft_data.tools.sql import format_table, run_sql
+from raft_data.tools.status import round_status
+
+
+def _printer(prog: str, description: str, lines) -> None:
+    """A command over one round that prints the lines `lines(cfg, round)` returns."""
+
+    def command(argv: list[str] | None = None) -> None:
+        parser = add_config_args(argparse.ArgumentParser(prog=prog, description=description))
+        run_stage(parser, argv, lambda cfg, a: print("\n".join(lines(cfg, a.round))))
+
+    return command
+
+
+status_command = _printer("raft-data status", "Show what a round holds, stage by stage.", round_status)
+prompts_command = _printer(
+    "raft-data prompts", "Print the prompts a round draws (nothing is written).", look.round_prompt_lines
+)
+sources_command = _printer(
+    "raft-data sources",
+    "Count each extra source's candidates for a round's prompts (nothing is written).",
+    look.candidate_count_lines,
+)
+chat_command = _printer(
+    "raft-data chat",
+    "Print the round's prompts as the model sees them (nothing is written).",
+    look.formatted_prompt_lines,
+)
+
+
+def config_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="raft-data config", description="Print the resolved config as YAML.")
+    add_config_args(parser, round_arg=False)
+    run_stage(parser, argv, lambda cfg, a: print(cfg.to_yaml(), end=""))
+
+
+def inspect_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data inspect",
+        description="Show a round's counts, reward quantiles, guard drops, and kept vs rejected samples.",
+    )
+    add_config_args(parser)
+    parser.add_argument("--examples", type=int, default=3, help="prompts to show sample by sample (default: 3)")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        if args.examples < 0:
+            parser.error("--examples must be >= 0")
+        print(inspect(cfg, args.round, args.examples))
+
+    run_stage(parser, argv, run)
+
+
+def sql_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data sql",
+        description="Run a DuckDB select query over a round (views samples, scores, scored, guarded, candidates, "
+        "selected, prompts) and print the result.",
+    )
+    parser.add_argument("query", help='one select statement, e.g. "select count(*) from samples"')
+    add_config_args(parser)
+    parser.add_argument("--max-rows", type=int, default=40, help="rows to print (default: 40)")
+    parser.add_argument("--csv", action="store_true", help="print every row as CSV instead of a table")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        import pyarrow.csv as pacsv
+
+        table = run_sql(cfg, args.round, args.query)
+        if args.csv:
+            pacsv.write_csv(table, sys.stdout.buffer)
+        else:
+            print(format_table(table, args.max_rows))
+
+    run_stage(parser, argv, run)
+
+
+def heldout_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data heldout", description="Mean reward of any model folder's samples on the held-out prompts."
+    )
+    add_config_args(parser, round_arg=False)
+    parser.add_argument("--model", required=True, help="a model folder")
+    parser.add_argument("--n-prompts", type=int, default=16)
+    parser.add_argument("--output", default=None, help="write the scored samples to this .parquet file")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        output = Path(args.output) if args.output else None
+        result = heldout_reward(cfg, args.model, args.n_prompts, output)
+        print(
+            f"heldout: {args.model}: mean reward {result['mean_reward']:.4f} over {result['samples']} samples "
+            f"of {result['prompts']} held-out prompts"
+        )
+        if output is not None:
+            storage.write_json(result, output.with_suffix(".json"))
+
+    run_stage(parser, argv, run)
+
+
+def reward_model_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data reward-model", description="Fine-tune MiniLM into a reward model on human movie ratings."
+    )
+    add_config_args(parser, round_arg=False)
+    parser.add_argument("--output", default="assets/reward-minilm", help="the model folder to write")
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--max-train", type=int, default=None, help="use only the first N training snippets")
+    parser.add_argument("--seed", type=int, default=0)
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        report = build_reward_model(cfg, Path(args.output), args.epochs, args.max_train, args.seed)
+        rm, vd = report["reward_model"], report["vader"]
+        print(f"reward-model: {report['heldout_snippets']} held-out snippets (never trained on)")
+        print(f"  {'':14s} {'pearson':>8s} {'sign acc':>9s}")
+        print(f"  {'reward model':14s} {rm['pearson']:8.3f} {rm['sign_accuracy']:9.3f}")
+        print(f"  {'VADER':14s} {vd['pearson']:8.3f} {vd['sign_accuracy']:9.3f}")
+        print(f"reward-model: saved {args.output} ({report['train_time_s']:.0f} s training)")
+
+    run_stage(parser, argv, run)
+
+
+def logprob_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data logprob", description="Print log p(completion | prompt) under a model folder."
+    )
+    parser.add_argument("--model", required=True)
+    parser.add_argument("prompt")
+    parser.add_argument("completion")
+    args = parse(parser, argv)
+    print(f"{guarded(look.one_logprob, args.model, args.prompt, args.completion):.6f}")
+
+
+def reward_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data reward", description="Score one prompt and completion with a reward model folder."
+    )
+    parser.add_argument("--model", required=True, help="a sequence-classification model folder")
+    parser.add_argument("--label", default=None, help="classifiers: label name or index")
+    parser.add_argument("--chat-template", action="store_true")
+    parser.add_argument("prompt")
+    parser.add_argument("completion")
+    args = parse(parser, argv)
+    value = guarded(look.one_reward, args.model, args.prompt, args.completion, args.label, args.chat_template)
+    print(f"{value:.6f}")
+
+
+def assets_command(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="raft-data assets", description="Fetch and convert the default model and prompts into a folder."
+    )
+    parser.add_argument("--dest", default="assets", help="where to put them (default: assets)")
+    guarded(fetch_assets, Path(parse(parser, argv).dest))

@@ -1,0 +1,39 @@
+"""Experiment configuration: one typed dataclass per section (`sections`), loaded from one YAML file per experiment
+with `section.key=value` overrides, and hashed so that artifacts of two configs never mix (`loader`).
+"""
+
+from raft_data.config.loader import config_from_dict, config_hash, load_config, parse_override, read_yaml
+from raft_data.config.sections import (
+    SECTIONS,
+    Config,
+    EvalConfig,
+    ExperimentConfig,
+    GenerateConfig,
+    LoraConfig,
+    ModelConfig,
+    PromptsConfig,
+    RoundsConfig,
+    ScoreConfig,
+    SelectConfig,
+    reward_component_name,
+)
+
+__all__ = [
+    "SECTIONS",
+    "Config",
+    "EvalConfig",
+    "ExperimentConfig",
+    "GenerateConfig",
+    "LoraConfig",
+    "ModelConfig",
+    "PromptsConfig",
+    "RoundsConfig",
+    "ScoreConfig",
+    "SelectConfig",
+    "config_from_dict",
+    "config_hash",
+    "load_config",
+    "parse_override",
+    "read_yaml",
+    "reward_component_name",
+]

@@ -1,0 +1,441 @@
+"""The experiment config's sections: one typed dataclass per stage, each validated in `__post_init__` with an
+error that names the field and the bad value. Defaults follow the RAFT paper where it says something.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raft_data.errors import ConfigError
+
+
+def _require(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Stage configs. Defaults follow the RAFT paper where it says something (temperature 1.0, top-p 1.0, best-of-K).
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    output_root: str = "runs"  # rounds go to <output_root>/<name>/round-NNNN/
+    seed: int = 0  # the root of every other seed: prompt draws, sampling, SFT
+
+    def __post_init__(self) -> None:
+        _require(
+            bool(self.name) and "/" not in self.name, "experiment.name", self.name, "a non-empty name without '/'"
+        )
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""  # G0, the base model: a local save_pretrained folder
+    trust_remote_code: bool = False  # never on unless asked for
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name_or_path), "model.name_or_path", self.name_or_path, "a model folder")
+        _require(
+            self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype, "float32|bfloat16|float16"
+        )
+
+
+@dataclass
+class PromptsConfig:
+    # where the prompts come from
+    path: str = ""  # a .jsonl, .parquet or .csv file, or a `datasets` id (needs the network)
+    split: str = "train"  # for a `datasets` id
+    prompt_column: str = "prompt"
+    id_column: str | None = None  # None: prompt_id is a hash of the prompt text
+    # how many per round, and what is kept aside
+    n_prompts: int = 32  # b: prompts drawn per round (seed differs per round)
+    heldout_fraction: float = 0.1  # share of the source never trained on, chosen by prompt_id hash
+
+    def __post_init__(self) -> None:
+        _require(bool(self.path), "prompts.path", self.path, "a prompts file")
+        _require(self.n_prompts >= 1, "prompts.n_prompts", self.n_prompts, ">= 1")
+        _require(0.0 <= self.heldout_fraction < 1.0, "prompts.heldout_fraction", self.heldout_fraction, "in [0, 1)")
+
+
+@dataclass
+class GenerateConfig:
+    backend: str = "transformers"
+    # sampling
+    n_samples: int = 4  # K: samples per prompt
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k (transformers would otherwise apply 50)
+    max_new_tokens: int = 48
+    # execution
+    batch_size: int = 16  # prompts per forward batch (each expanded K ways)
+    n_shards: int = 4  # part of the config hash: cannot change on a relaunch
+    device: str = "auto"  # auto | cpu | cuda
+    shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
+    executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
+    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # chat and length
+    chat_template: bool = False  # render prompts (text, or a column of chat messages) with the tokenizer's template
+    max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
+    long_prompts: str = "skip"  # what to do with longer prompts: skip | truncate_left
+    # candidates from files, ranked with the policy's samples: [{name, path, completion_column, match, ...}]
+    extra_sources: list = field(default_factory=list)
+    # vllm backend: keyword arguments of vllm.LLM, passed through as they are (tensor_parallel_size, dtype,
+    # max_model_len, gpu_memory_utilization, enforce_eager, ...); dtype defaults to model.dtype
+    engine_kwargs: dict[str, Any] = field(default_factory=dict)
+    # openai backend: any OpenAI-compatible server (vLLM, llama.cpp, TGI, a hosted API)
+    api_base: str = "http://127.0.0.1:8000/v1"
+    api_endpoint: str = "completions"  # completions | chat (the server applies the chat template)
+    api_model: str = ""  # the served model name; "" sends the round's model path (what `vllm serve PATH` serves)
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    api_concurrency: int = 8  # requests in flight at once
+    api_timeout_s: float = 120.0  # per request
+    api_max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
+
+    def __post_init__(self) -> None:
+        _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
+        _require(
+            self.temperature >= 0 and math.isfinite(self.temperature), "generate.temperature", self.temperature, ">= 0"
+        )
+        _require(0 < self.top_p <= 1, "generate.top_p", self.top_p, "in (0, 1]")
+        _require(self.top_k >= 0, "generate.top_k", self.top_k, ">= 0")
+        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", self.max_new_tokens, ">= 1")
+        _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
+        _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
+        _require(
+            self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+            "generate.max_prompt_tokens",
+            self.max_prompt_tokens,
+            ">= 1 or null",
+        )
+        _require(
+            self.long_prompts in ("skip", "truncate_left"),
+            "generate.long_prompts",
+            self.long_prompts,
+            "skip|truncate_left",
+        )
+        _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
+        self.extra_sources = [_extra_source(i, entry) for i, entry in enumerate(self.extra_sources)]
+        names = [source["name"] for source in self.extra_sources]
+        for name in names:
+            _require(names.count(name) == 1, "generate.extra_sources[].name", name, "a name used once")
+        endpoints = ("completions", "chat")
+        _require(self.api_endpoint in endpoints, "generate.api_endpoint", self.api_endpoint, "completions|chat")
+        _require(
+            self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
+        )
+        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
+        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
+        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
+        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _require(
+            "model" not in self.engine_kwargs,
+            "generate.engine_kwargs",
+            self.engine_kwargs,
+            "no 'model' key (the model is model.name_or_path, or the previous round's model)",
+        )
+
+
+EXTRA_SOURCE_DEFAULTS: dict[str, Any] = {
+    "name": None,  # the `source` column of its rows; "policy" is the model's own samples
+    "path": None,  # a .jsonl or .parquet file
+    "completion_column": "completion",
+    "match": "prompt_id",  # prompt_id: by id; prompt: by exact prompt text
+    "key_column": None,  # the column matched on; defaults to "prompt_id" or "prompt" after `match`
+    "strip_prompt": False,  # the completion repeats the prompt first (e.g. a full reference text): drop it
+    "max_per_prompt": None,  # keep at most this many per prompt, in file order
+}
+
+
+def _extra_source(index: int, entry: Any) -> dict[str, Any]:
+    """One `generate.extra_sources` entry, checked and completed with defaults (so the config hash is stable)."""
+    key = f"generate.extra_sources[{index}]"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{key}={entry!r} is invalid: expected a mapping with name, path, completion_column, match")
+    unknown = sorted(set(entry) - set(EXTRA_SOURCE_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}: it takes {', '.join(EXTRA_SOURCE_DEFAULTS)}")
+    out = {**EXTRA_SOURCE_DEFAULTS, **entry}
+    name, path = out["name"], out["path"]
+    _require(
+        isinstance(name, str) and bool(name) and name != "policy", f"{key}.name", name, "a name other than 'policy'"
+    )
+    _require(
+        isinstance(path, str) and Path(path).suffix in (".jsonl", ".json", ".parquet"),
+        f"{key}.path",
+        path,
+        "a .jsonl or .parquet file",
+    )
+    _require(out["match"] in ("prompt_id", "prompt"), f"{key}.match", out["match"], "prompt_id|prompt")
+    _require(
+        isinstance(out["completion_column"], str) and bool(out["completion_column"]),
+        f"{key}.completion_column",
+        out["completion_column"],
+        "a column name",
+    )
+    if out["key_column"] is None:
+        out["key_column"] = out["match"]
+    _require(
+        isinstance(out["key_column"], str) and bool(out["key_column"]),
+        f"{key}.key_column",
+        out["key_column"],
+        "a column name",
+    )
+    _require(isinstance(out["strip_prompt"], bool), f"{key}.strip_prompt", out["strip_prompt"], "true or false")
+    m = out["max_per_prompt"]
+    _require(
+        m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1),
+        f"{key}.max_per_prompt",
+        m,
+        ">= 1 or null",
+    )
+    return out
+
+
+# Keys a reward component (an item of a `score.reward` list) may hold. `ref` names a built-in or module:function;
+# `model` a Hugging Face sequence-classification folder. Exactly one of the two.
+REWARD_COMPONENT_KEYS = {
+    "name": "its column in scores/ (default: the ref's name or the model folder's name)",
+    "ref": "a built-in reward name or module:function",
+    "model": "a sequence-classification model folder (a reward model)",
+    "weight": "its weight in the summed reward (default 1.0)",
+    "label": "classifiers: the label to read, by index or name (default: none, the model must have one logit)",
+    "output": "classifiers: probability | logit (default probability)",
+    "chat_template": "true: give the model the conversation in its own chat template (default false)",
+    "text": "what the model reads: prompt_completion | completion (default: score.text)",
+    "batch_size": "sequences per forward pass (default: score.batch_size)",
+    "max_length": "tokens the model reads, longer texts are cut (default 512)",
+}
+# Columns of scores/ that a component may not take as its name.
+RESERVED_SCORE_COLUMNS = ("prompt_id", "sample_idx", "reward", "reward_raw", "logp", "ref_logp")
+
+
+@dataclass
+class ScoreConfig:
+    # the reward: a built-in name (see raft_data.rewards.builtin.BUILTIN), "module:function", or a list of components
+    # {name, ref | model, weight, ...} whose weighted sum is the reward, each kept as its own column
+    reward: str | list[dict[str, Any]] = "vader"
+    text: str = "prompt_completion"  # what the reward reads: prompt_completion | completion
+    # the paper's KL-regularised rank key: with beta > 0, reward = r - beta * (logp - ref_logp), the raw r kept in
+    # reward_raw; logp is log p_t(y|x) under the round's generator, ref_logp log p_0(y|x) under the base model
+    beta: float = 0.0
+    ref_model: str | None = None  # p_0; None: model.name_or_path
+    # execution, for reward models and log-probabilities
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        _require(bool(self.reward), "score.reward", self.reward, "a reward name, module:function or a list")
+        _require(
+            self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
+        )
+        _require(self.beta >= 0 and math.isfinite(self.beta), "score.beta", self.beta, ">= 0")
+        _require(self.batch_size >= 1, "score.batch_size", self.batch_size, ">= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "score.device", self.device, "auto|cpu|cuda")
+        if isinstance(self.reward, list):
+            names = [_check_reward_component(i, c) for i, c in enumerate(self.reward)]
+            dup = sorted({n for n in names if names.count(n) > 1})
+            _require(not dup, "score.reward", dup, "distinct component names (set `name:`)")
+
+
+def reward_component_name(component: dict[str, Any]) -> str:
+    """A component's column name: its `name`, else the function or model folder it points at."""
+    if component.get("name"):
+        return str(component["name"])
+    if component.get("ref"):
+        return str(component["ref"]).rpartition(":")[2]
+    return Path(str(component["model"])).name.replace("-", "_").replace(".", "_")
+
+
+def _check_reward_component(i: int, c: Any) -> str:
+    key = f"score.reward[{i}]"
+    _require(isinstance(c, dict), key, c, "a mapping such as {ref: vader, weight: 1.0}")
+    unknown = sorted(set(c) - set(REWARD_COMPONENT_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {key}.{unknown[0]}: a reward component takes {', '.join(REWARD_COMPONENT_KEYS)}"
+        )
+    _require(bool(c.get("ref")) != bool(c.get("model")), key, c, "exactly one of ref or model")
+    weight = c.get("weight", 1.0)
+    _require(
+        isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+        f"{key}.weight",
+        weight,
+        "a finite number",
+    )
+    _require(
+        c.get("output", "probability") in ("probability", "logit"),
+        f"{key}.output",
+        c.get("output"),
+        "probability|logit",
+    )
+    _require(
+        c.get("text", "prompt_completion") in ("prompt_completion", "completion"),
+        f"{key}.text",
+        c.get("text"),
+        "prompt_completion|completion",
+    )
+    label = c.get("label")
+    _require(
+        label is None or isinstance(label, (int, str)) and not isinstance(label, bool),
+        f"{key}.label",
+        label,
+        "a label index or name",
+    )
+    _require(
+        isinstance(c.get("chat_template", False), bool), f"{key}.chat_template", c.get("chat_template"), "true|false"
+    )
+    for size in ("batch_size", "max_length"):
+        v = c.get(size, 1)
+        _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{key}.{size}", v, "an integer >= 1")
+    name = reward_component_name(c)
+    _require(
+        name.isidentifier() and name not in RESERVED_SCORE_COLUMNS,
+        f"{key}.name",
+        name,
+        f"an identifier other than {', '.join(RESERVED_SCORE_COLUMNS)}",
+    )
+    return name
+
+
+@dataclass
+class SelectConfig:
+    strategy: str = "best_per_prompt"  # a .sql file in raft_data/selection/sql/, or "custom" with sql_file
+    rank_by: str = "reward"  # a numeric column of scores/ that strategies rank by
+    # strategy parameters, bound as DuckDB parameters ($n, $alpha, $tau)
+    n: int = 1  # top_n_per_prompt: samples kept per prompt
+    alpha: float | None = None  # global_top: fraction of all samples kept; None = 1/K, as many as best-of-K keeps
+    tau: float = 0.0  # threshold: keep samples with rank_by >= tau
+    # guards, applied before ranking in this order; each is off by default and counted in the manifest
+    drop_truncated: bool = False  # samples that hit max_new_tokens
+    drop_empty: bool = False  # completions that are empty or only whitespace
+    drop_duplicates: bool = False  # repeated completions of one prompt (the lowest sample_idx stays)
+    drop_constant: bool = False  # prompts whose remaining samples all score the same
+    min_margin: float = 0.0  # > 0: drop prompts whose best and second-best scores differ by less
+    # the user's own SQL over the views samples, scores and candidates
+    where: str | None = None  # a where clause on candidates before ranking, e.g. "n_tokens >= 8"
+    qualify: str | None = None  # a qualify clause on candidates before ranking (window functions)
+    sql_file: str | None = None  # a whole selection query; needs strategy: custom
+    # output
+    format: str = "prompt_completion"  # prompt_completion | messages (conversational)
+
+    def __post_init__(self) -> None:
+        _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+        _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
+        _require(self.n >= 1, "select.n", self.n, ">= 1")
+        _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
+        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        for key in ("where", "qualify", "sql_file"):
+            value = getattr(self, key)
+            _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
+        _require(
+            (self.strategy == "custom") == (self.sql_file is not None),
+            "select.strategy",
+            self.strategy,
+            "custom together with select.sql_file (and sql_file only with strategy custom)",
+        )
+        formats = ("prompt_completion", "messages")
+        _require(self.format in formats, "select.format", self.format, "|".join(formats))
+
+
+@dataclass
+class EvalConfig:
+    # what is evaluated: a fixed subset of the held-out prompts, the same in every round
+    n_prompts: int = 32  # held-out prompts per evaluation
+    n_samples: int = 2  # sampled completions per prompt (greedy adds one more)
+    max_new_tokens: int | None = None  # None: generate.max_new_tokens
+    # perplexity of held-out reference text: a column of the prompts source (e.g. the whole review); None skips it
+    reference_column: str | None = None
+    # an independent reward, reported beside score.reward to catch over-optimisation of the first
+    second_reward: str | None = None
+    batch_size: int = 16  # sequences per forward pass for log-probabilities and perplexity
+
+    def __post_init__(self) -> None:
+        _require(self.n_prompts >= 1, "eval.n_prompts", self.n_prompts, ">= 1")
+        _require(self.n_samples >= 1, "eval.n_samples", self.n_samples, ">= 1")
+        _require(
+            self.max_new_tokens is None or self.max_new_tokens >= 1,
+            "eval.max_new_tokens",
+            self.max_new_tokens,
+            ">= 1 or null",
+        )
+        _require(self.reference_column != "", "eval.reference_column", self.reference_column, "a column or null")
+        _require(self.second_reward != "", "eval.second_reward", self.second_reward, "a reward name or null")
+        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+
+
+@dataclass
+class RoundsConfig:
+    # where each round's samples come from, and where each round's SFT starts
+    mode: str = "online"  # online: sample from the newest model | offline: every round samples the base model
+    sft_from: str = "previous"  # previous: fine-tune the previous round's model | base: the base model (ReST-EM)
+    # early stop: when held-out reward rises by less than epsilon for `patience` rounds in a row (0: never stop)
+    epsilon: float = 0.0
+    patience: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.mode in ("online", "offline"), "rounds.mode", self.mode, "online|offline")
+        _require(self.sft_from in ("previous", "base"), "rounds.sft_from", self.sft_from, "previous|base")
+        _require(math.isfinite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
+        _require(self.patience >= 0, "rounds.patience", self.patience, ">= 0")
+
+
+@dataclass
+class LoraConfig:
+    # LoRA through TRL's peft_config; r = 0 fine-tunes every parameter, as the paper does
+    r: int = 0
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: str | list[str] = "all-linear"
+    merge: bool = True  # save the merged model (a plain folder the next round samples from); false: the adapter
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 0, "lora.r", self.r, ">= 0 (0 turns LoRA off)")
+        _require(self.alpha >= 1, "lora.alpha", self.alpha, ">= 1")
+        _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
+        _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig
+    model: ModelConfig
+    prompts: PromptsConfig
+    generate: GenerateConfig
+    score: ScoreConfig
+    select: SelectConfig
+    # TRL SFTConfig fields, passed through as they are (checked against SFTConfig when training starts).
+    sft: dict[str, Any] = field(default_factory=dict)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+SECTIONS: dict[str, type] = {
+    "experiment": ExperimentConfig,
+    "model": ModelConfig,
+    "prompts": PromptsConfig,
+    "generate": GenerateConfig,
+    "score": ScoreConfig,
+    "select": SelectConfig,
+    "eval": EvalConfig,
+    "rounds": RoundsConfig,
+    "lora": LoraConfig,
+}

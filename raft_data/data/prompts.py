@@ -1,0 +1,116 @@
+"""Prompt sources: read a jsonl / parquet / csv file (or a `datasets` id), give each prompt a stable id, keep a
+held-out split aside, and draw each round's b prompts with a seed that differs per round.
+
+Run as:
+    raft-data prompts --config pipelines/imdb_positive.yaml --round 0   # print the round's prompts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from raft_data.config import Config, PromptsConfig
+from raft_data.data.readers import read_columns
+from raft_data.errors import DataError
+from raft_data.storage import schemas
+
+
+def hash_id(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _is_messages(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+        )
+    )
+
+
+def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
+    """All prompts of the source as (prompt_id, prompt), in source order, deduplicated by prompt_id."""
+    path = Path(cfg.path)
+    columns = [cfg.prompt_column] + ([cfg.id_column] if cfg.id_column else [])
+    data = read_columns(cfg.path, columns, cfg.split)
+
+    ids: list[str] = []
+    prompts: list[str] = []
+    seen: dict[str, str] = {}
+    for i, text in enumerate(data[cfg.prompt_column]):
+        if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
+            text = json.dumps([{"role": m["role"], "content": m["content"]} for m in text], ensure_ascii=False)
+        if not isinstance(text, str):
+            raise DataError(f"{path}: row {i} field {cfg.prompt_column!r} is {text!r}, not text")
+        if not text.strip():
+            continue  # an empty prompt carries no task
+        pid = str(data[cfg.id_column][i]) if cfg.id_column else hash_id(text)
+        if pid in seen:
+            if seen[pid] != text:
+                raise DataError(f"{path}: {cfg.id_column}={pid!r} names two different prompts (row {i})")
+            continue
+        seen[pid] = text
+        ids.append(pid)
+        prompts.append(text)
+    if not ids:
+        raise DataError(f"{path}: no prompts in column {cfg.prompt_column!r} (the prompt set is empty)")
+    return pa.table({"prompt_id": ids, "prompt": prompts}, schema=schemas.PROMPTS)
+
+
+def is_heldout(prompt_ids: list[str], fraction: float) -> np.ndarray:
+    """Held-out membership from the id alone, so the split never changes when the source grows or is reordered."""
+    buckets = np.array([int(hashlib.sha256(("heldout:" + p).encode()).hexdigest()[:8], 16) for p in prompt_ids])
+    return buckets < fraction * 2**32
+
+
+def split_prompts(cfg: PromptsConfig) -> tuple[pa.Table, pa.Table]:
+    """(train pool, held-out set) of the whole source."""
+    table = read_prompt_source(cfg)
+    held = is_heldout(table.column("prompt_id").to_pylist(), cfg.heldout_fraction)
+    train, heldout = table.filter(pa.array(~held)), table.filter(pa.array(held))
+    if train.num_rows == 0:
+        raise DataError(
+            f"{cfg.path}: all {table.num_rows} prompts fall in the held-out split (prompts.heldout_fraction)"
+        )
+    return train, heldout
+
+
+def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int) -> pa.Table:
+    """The round's b prompts from the train pool, without replacement, seeded by (seed, round)."""
+    train, _ = split_prompts(cfg)
+    n = min(cfg.n_prompts, train.num_rows)
+    rng = np.random.default_rng([seed, round_idx])
+    idx = np.sort(rng.choice(train.num_rows, size=n, replace=False))
+    return train.take(pa.array(idx))
+
+
+def eval_prompts(cfg: Config) -> pa.Table:
+    """The first eval.n_prompts held-out prompts in source order (the held-out split is chosen by id hash, so this
+    is a fixed, unordered subset), with a `reference` column when eval.reference_column is set."""
+    _, heldout = split_prompts(cfg.prompts)
+    if heldout.num_rows == 0:
+        raise DataError(
+            f"{cfg.prompts.path}: no held-out prompts to evaluate on; set prompts.heldout_fraction > 0 "
+            f"(now {cfg.prompts.heldout_fraction})"
+        )
+    table = heldout.slice(0, min(cfg.eval.n_prompts, heldout.num_rows))
+    column = cfg.eval.reference_column
+    if column is None:
+        return table
+    key = cfg.prompts.id_column or cfg.prompts.prompt_column
+    data = read_columns(cfg.prompts.path, list(dict.fromkeys([key, column])), cfg.prompts.split)
+    ids = [str(v) if cfg.prompts.id_column else hash_id(v) for v in data[key]]
+    by_id = dict(zip(ids, data[column], strict=True))
+    refs = []
+    for pid in table["prompt_id"].to_pylist():
+        ref = by_id.get(pid)
+        if not isinstance(ref, str) or not ref.strip():
+            raise DataError(f"{cfg.prompts.path}: eval.reference_column={column!r} is {ref!r} for prompt_id={pid}")
+        refs.append(ref)
+    return table.append_column("reference", pa.array(refs, pa.string()))

@@ -1,0 +1,29 @@
+"""The errors a user can cause, in one place. The command line prints any `UserError` as one line and exits 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input, not a bug: the message names the file, field or value and says what to do."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value or key that cannot be used; the message names it."""
+
+
+class DataError(UserError, ValueError):
+    """A prompts, candidates or artifact file whose content cannot be used; the message names the file and row."""
+
+
+class StageError(UserError, RuntimeError):
+    """A stage cannot run as asked (missing input, other config, held lock); the message says what to do."""
+
+
+class ModelLoadError(UserError, ValueError):
+    """The model path does not hold a usable model."""
+
+
+class BackendError(UserError, ValueError):
+    """A backend that cannot run or a server that refuses the requests; the message says which and why."""

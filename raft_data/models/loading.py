@@ -1,0 +1,52 @@
+"""Loading and saving model folders. Only local `save_pretrained` folders are read; remote code runs only when
+`model.trust_remote_code` is true.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from raft_data.config import ModelConfig
+from raft_data.errors import ModelLoadError
+
+
+def resolve_device(name: str) -> str:
+    """`auto` -> cuda when a CUDA device is visible, else cpu; `cuda` without one is an error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("generate.device='cuda' but no CUDA device is visible")
+    return name
+
+
+def load_tokenizer_and_model(path: str, model_cfg: ModelConfig, device: str):
+    """Load a local save_pretrained folder; remote code runs only when model.trust_remote_code is true."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (Path(path) / "config.json").is_file():
+        raise ModelLoadError(f"model path {path!r} is not a model folder (no config.json); run `make setup` first?")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"model path {path!r} could not be loaded: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, model.to(device).eval()
+
+
+def save_model_folder(model, tokenizer, dest: Path) -> None:
+    """save_pretrained a model and its tokenizer into `dest.tmp`, then rename it to `dest` in one step."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)

@@ -1,0 +1,294 @@
+"""Generate: sample K completions for each of the round's prompts and write them as Parquet shards.
+
+Run as:
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+
+Writes `round-NNNN/prompts.parquet` and `round-NNNN/samples/shard-XXXXX-of-YYYYY.parquet` (one row per sample).
+Each shard is redone whole if it has no `.done` marker, so a killed run resumes where it stopped and ends with the
+same samples as an uninterrupted run. With `--shard i` a process runs only shard i (a Slurm array task, say); the
+process that finishes the last shard writes the manifest, and a plain rerun without `--shard` also finalises.
+Besides the policy's K samples a shard holds the candidates of `generate.extra_sources` (files of reference
+answers or other models' outputs), each row tagged with its `source`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from raft_data import storage
+from raft_data.backends import BACKENDS
+from raft_data.config import Config, config_hash
+from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
+from raft_data.data.prompts import draw_round_prompts
+from raft_data.data.sources import Source, candidates, file_hash, load_source
+from raft_data.errors import ConfigError, StageError
+from raft_data.storage import schemas
+
+
+def shard_seed(seed: int, round_idx: int, shard_idx: int) -> int:
+    """A shard's sampling seed depends on nothing but (seed, round, shard)."""
+    digest = hashlib.sha256(f"{seed}:{round_idx}:{shard_idx}".encode()).hexdigest()
+    return int(digest[:8], 16)
+
+
+def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal slices of the prompts; some may be empty when prompts < shards."""
+    return [(i * n_rows // n_shards, (i + 1) * n_rows // n_shards) for i in range(n_shards)]
+
+
+@contextlib.contextmanager
+def round_setup_lock(rdir: Path) -> Iterator[None]:
+    """A short, waiting lock around the steps every worker of a round shares: the stage guard, `prompts.parquet`
+    and the manifest. Shard workers started together queue here for a moment instead of racing."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    with open(rdir / ".generate.setup.lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def shard_lock(rdir: Path, shard_idx: int, n_shards: int) -> contextlib.AbstractContextManager:
+    """One process per shard: the shard's own lock, so workers on other shards of the round run beside it."""
+    return storage.stage_lock(rdir, f"generate.{Path(storage.shard_name(shard_idx, n_shards)).stem}")
+
+
+EXECUTION_ONLY = ("executor", "ray_address")
+
+
+def load_prompt_tokenizer(model_path: str, cfg: Config):
+    """The policy's tokenizer, for chat templates, prompt lengths and token counts of imported candidates."""
+    from transformers import AutoTokenizer
+
+    if not (Path(model_path) / "config.json").is_file():
+        return None
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def generate(
+    cfg: Config, round_idx: int, force: bool = False, shard: int | None = None, num_shards: int | None = None
+) -> dict | None:
+    """Run the generate stage of one round (or one shard of it); returns the manifest, or None while shards that
+    other processes run are unfinished."""
+    if cfg.generate.backend not in BACKENDS:
+        raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
+    n_shards = cfg.generate.n_shards
+    if num_shards is not None and num_shards != n_shards:
+        raise ConfigError(
+            f"--num-shards={num_shards} does not match generate.n_shards={n_shards}: the shard count is part of "
+            f"the config; pass generate.n_shards={num_shards} to every worker, or --num-shards {n_shards}"
+        )
+    if shard is not None and not 0 <= shard < n_shards:
+        raise ConfigError(f"--shard={shard} is invalid: expected 0..{n_shards - 1} (generate.n_shards={n_shards})")
+    if shard is not None and force:
+        raise ConfigError("--force with --shard would delete the other shards' work: run --force without --shard")
+    rdir = storage.round_dir(cfg, round_idx)
+    folder = rdir / storage.STAGE_FOLDERS["generate"]
+    model_path, model_id = storage.policy_for_round(cfg, round_idx)
+    stage_cfg = {
+        "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
+        "model": {**cfg.model.__dict__, "generator": model_id},
+        "prompts": cfg.prompts.__dict__,
+        # where shards run does not change what they hold, so a round may resume under another executor
+        "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in EXECUTION_ONLY},
+        "round": round_idx,
+    }
+    if cfg.generate.extra_sources:  # a changed file is a changed config: its rows must not mix with the old ones
+        stage_cfg["extra_source_files"] = {s["name"]: file_hash(s["path"]) for s in cfg.generate.extra_sources}
+    chash = config_hash(stage_cfg)
+    lock = storage.stage_lock(rdir, "generate") if shard is None else shard_lock(rdir, shard, n_shards)
+    with lock:
+        with round_setup_lock(rdir):
+            run = storage.begin_stage(folder, stage_cfg, chash, force, round_idx)
+            if run.done:
+                print(f"generate: {folder} is done, skipping")
+                return storage.read_json(folder / "manifest.json")
+            prompts_path = rdir / "prompts.parquet"
+            prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
+            # Every worker draws the same prompts; the first one writes them, the others check them.
+            if not prompts_path.exists() or not pq.read_table(prompts_path).equals(prompts):
+                storage.write_parquet(prompts, prompts_path, schemas.PROMPTS)
+
+        if cfg.generate.executor == "ray" and shard is None:
+            run_shards_on_ray(cfg, round_idx, n_shards, folder)  # then below: nothing left to do but finalise
+
+        tokenizer = load_prompt_tokenizer(model_path, cfg)
+        formatted = prepare(prompts, tokenizer, model_path, cfg)
+        sources = [load_source(spec) for spec in cfg.generate.extra_sources]
+        if sources and tokenizer is None:
+            raise ConfigError(f"generate.extra_sources needs the model's tokenizer, and {model_path} has none")
+        for source in sources:  # bad rows stop the stage here, before any shard is written
+            for pid, text in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), strict=True):
+                candidates(source, pid, text)
+        generator = f"{cfg.generate.backend}:{model_path}"
+        bounds = shard_bounds(prompts.num_rows, n_shards)
+        wanted = range(n_shards) if shard is None else [shard]
+        todo = [i for i in wanted if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
+        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if todo else None
+        bar = tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), desc=f"generate round {round_idx}")
+        for shard_idx in todo:
+            lo, hi = bounds[shard_idx]
+            with contextlib.ExitStack() as stack:
+                if shard is None:  # a plain run leaves a shard that a --shard worker holds to that worker
+                    try:
+                        stack.enter_context(shard_lock(rdir, shard_idx, n_shards))
+                    except StageError:
+                        print(f"generate: shard {shard_idx} is running in another process, leaving it")
+                        continue
+                path = folder / storage.shard_name(shard_idx, n_shards)
+                if storage.shard_done(path):
+                    continue
+                seed = shard_seed(cfg.experiment.seed, round_idx, shard_idx)
+                part, texts = prompts.slice(lo, hi - lo), formatted.texts[lo:hi]
+                table = run_shard(part, texts, sample, seed, sources, tokenizer, generator, round_idx, cfg)
+                storage.write_parquet(table, path, schemas.SAMPLES)
+                storage.mark_done(path, table.num_rows)
+            bar.update(hi - lo)
+        bar.close()
+
+        with round_setup_lock(rdir):
+            if (folder / "manifest.json").exists():
+                return storage.read_json(folder / "manifest.json")
+            pending = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
+            if pending:
+                print(f"generate: {n_shards - len(pending)}/{n_shards} shards done; the last one writes the manifest")
+                return None
+            return finish(run, prompts_path, prompts, formatted, model_id, generator, cfg, round_idx)
+
+
+def run_shards_on_ray(cfg: Config, round_idx: int, n_shards: int, folder: Path) -> None:
+    """Each unfinished shard as one Ray task that runs `generate --shard i` on a worker: the same locks, markers
+    and seeds as a local run, so a killed round resumes under either executor. Workers must see the same
+    `experiment.output_root` (a shared file system) and have this package installed."""
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("generate.executor=ray needs Ray: pip install 'raft-toolkit[ray]'") from None
+    todo = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
+    if not todo:
+        return
+    if not ray.is_initialized():
+        ray.init(address=cfg.generate.ray_address, log_to_driver=False)
+    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.generate.device == "cuda" else 0, max_retries=2)(_ray_shard)
+    pending = [task.remote(cfg.to_dict(), round_idx, i) for i in todo]
+    print(f"generate: {len(todo)} shards submitted to Ray")
+    for _ in tqdm(range(len(pending)), desc=f"generate round {round_idx} (ray)", unit="shard"):
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # a failed shard raises here; the others keep their markers for the rerun
+
+
+def _ray_shard(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
+    from raft_data.config import config_from_dict
+
+    generate(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
+
+
+def prepare(prompts: pa.Table, tokenizer, model_path: str, cfg: Config):
+    """The round's prompts as the model sees them (chat template, length rule), the same in every worker."""
+    ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
+    if tokenizer is None:
+        if cfg.generate.chat_template or cfg.generate.max_prompt_tokens is not None:
+            raise ConfigError(
+                f"generate.chat_template and max_prompt_tokens need a tokenizer, and {model_path} has none"
+            )
+        return FormattedPrompts(list(texts), None, None)
+    return format_prompts(ids, texts, tokenizer, cfg.generate, context_limit(model_path, cfg.generate))
+
+
+def run_shard(
+    part: pa.Table,
+    texts: list[str | None],
+    sample,
+    seed: int,
+    sources: list[Source],
+    tokenizer,
+    generator: str,
+    round_idx: int,
+    cfg: Config,
+) -> pa.Table:
+    """The shard's rows, prompt by prompt: its K policy samples (sample_idx 0..K-1), then each extra source's
+    candidates (sample_idx K, K+1, ...), so `sample_idx` is unique per prompt across sources. A skipped prompt
+    (too long) has no rows."""
+    keep = [i for i, t in enumerate(texts) if t is not None]
+    ids, originals = part["prompt_id"].to_pylist(), part["prompt"].to_pylist()
+    completions = sample([texts[i] for i in keep], seed) if keep else []
+    rows: dict[str, list] = {name: [] for name in schemas.SAMPLES.names}
+
+    def add(i: int, idx: int, text: str, n_tokens: int, truncated: bool, source: str, made_by: str) -> None:
+        for name, value in (
+            ("prompt_id", ids[i]),
+            ("sample_idx", idx),
+            ("prompt", texts[i]),
+            ("completion", text),
+            ("n_tokens", n_tokens),
+            ("truncated", truncated),
+            ("source", source),
+            ("generator", made_by),
+            ("seed", seed),
+            ("round", round_idx),
+        ):
+            rows[name].append(value)
+
+    for i, comps in zip(keep, completions, strict=True):
+        for k, c in enumerate(comps):
+            add(i, k, c.text, c.n_tokens, c.truncated, "policy", generator)
+        idx = len(comps)
+        for source in sources:
+            for text in candidates(source, ids[i], originals[i]):
+                n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                add(i, idx, text, n_tokens, False, source.spec["name"], f"file:{source.spec['path']}")
+                idx += 1
+    return pa.table(rows, schema=schemas.SAMPLES)
+
+
+def finish(
+    run: storage.StageRun,
+    prompts_path: Path,
+    prompts: pa.Table,
+    formatted,
+    model_id: str,
+    generator: str,
+    cfg: Config,
+    round_idx: int,
+) -> dict:
+    """Count what all shards hold and write the manifest (last)."""
+    files = storage.shard_files(run.folder)
+    table = pa.concat_tables([pq.read_table(f, columns=["source", "truncated"]) for f in files])
+    by_source = table.group_by("source").aggregate([("source", "count")]).to_pylist()
+    truncated = pc.sum(table["truncated"]).as_py() or 0
+    extra = {
+        "generator": generator,
+        "samples_by_source": {
+            row["source"]: row["source_count"] for row in sorted(by_source, key=lambda r: r["source"])
+        },
+        "chat_template": formatted.chat_template,
+        "long_prompts": formatted.report(cfg.generate.long_prompts),
+    }
+    inputs = {"prompts": str(prompts_path), "model": model_id}
+    inputs.update({f"source:{s['name']}": s["path"] for s in cfg.generate.extra_sources})
+    return storage.finish_stage(
+        run,
+        "generate",
+        round_idx,
+        inputs=inputs,
+        counts={
+            "prompts": prompts.num_rows,
+            "samples": table.num_rows,
+            "truncated": truncated,
+            "shards": cfg.generate.n_shards,
+        },
+        extra=extra,
+    )

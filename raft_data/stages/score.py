@@ -1,0 +1,128 @@
+"""Score: compute r(x, y) for every sample of a round, one scores shard per samples shard.
+
+Run as:
+    raft-data score --config pipelines/imdb_positive.yaml --round 0
+    raft-data score --config pipelines/imdb_positive.yaml --round 0 score.reward=vader_completion
+
+Writes `round-NNNN/scores/shard-XXXXX-of-YYYYY.parquet`: `prompt_id`, `sample_idx`, `reward` and one column per
+reward component (`reward` is their weighted sum). With `score.beta > 0` it also writes `logp` (log p_t(y|x) under
+the round's generator), `ref_logp` (log p_0(y|x) under the base model) and `reward_raw` (the weighted sum), and
+`reward`, what selection ranks by, is the paper's KL-regularised key `reward_raw - beta * (logp - ref_logp)`.
+A non-finite reward stops the stage with the prompt_id and sample_idx that produced it.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from raft_data import storage
+from raft_data.config import Config, ScoreConfig
+from raft_data.errors import DataError
+from raft_data.models.loading import resolve_device
+from raft_data.models.logprobs import load_logprob_fn
+from raft_data.rewards.loading import combine, load_components
+from raft_data.storage import schemas
+
+
+def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
+    """Run the score stage of one round; returns its manifest."""
+    rdir = storage.round_dir(cfg, round_idx)
+    samples_dir = rdir / storage.STAGE_FOLDERS["generate"]
+    samples_manifest = storage.read_manifest(samples_dir, "generate", round_idx)
+    folder = rdir / storage.STAGE_FOLDERS["score"]
+    kl = cfg.score.beta > 0
+    # new score fields enter the hash only when set, so rounds scored before they existed stay valid
+    defaults = ScoreConfig()
+    score_cfg = {k: v for k, v in cfg.score.__dict__.items() if k in ("reward", "text") or v != getattr(defaults, k)}
+    stage_cfg = {"score": score_cfg, "samples": samples_manifest["config_hash"], "round": round_idx}
+    if kl:
+        generator_path, generator_id = storage.policy_for_round(cfg, round_idx)
+        ref_path = cfg.score.ref_model or cfg.model.name_or_path
+        stage_cfg["kl"] = {"generator": generator_id, "ref_model": ref_path}
+    device = resolve_device(cfg.score.device)
+    # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
+    done = not force and (folder / "manifest.json").exists()
+    components = [] if done else load_components(cfg.score, device)
+    with storage.stage("score", folder, stage_cfg, round_idx, force) as run:
+        if run.done:
+            return run.manifest
+        names = [c.name for c in components]
+        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []))
+        if kl:
+            size = cfg.score.batch_size
+            logp_fn = load_logprob_fn(generator_path, cfg.model, device, size)
+            # round 0 samples from the base model itself: log p_t = log p_0, one model is enough
+            ref_fn = logp_fn if ref_path == generator_path else load_logprob_fn(ref_path, cfg.model, device, size)
+        sample_files = storage.shard_files(samples_dir)
+        n_rows = 0
+        for src in tqdm(sample_files, desc=f"score round {round_idx}", unit="shard"):
+            dst = folder / src.name
+            if storage.shard_done(dst):
+                n_rows += pq.read_metadata(dst).num_rows
+                continue
+            samples = pq.read_table(src, columns=["prompt_id", "sample_idx", "prompt", "completion", "truncated"])
+            prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
+            columns: dict[str, list[float]] = {}
+            for c in components:
+                columns[c.name] = [float(r) for r in c.fn(prompts, completions)] if samples.num_rows else []
+                check_rewards(columns[c.name], samples, c.name, src)
+            reward = combine(components, columns) if samples.num_rows else []
+            if kl:
+                ended = [not t for t in samples["truncated"].to_pylist()]
+                logp = logp_fn(prompts, completions, ended)
+                ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
+                columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
+                reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
+                check_rewards(reward, samples, "reward", src)
+            table = pa.table(
+                {
+                    "prompt_id": samples["prompt_id"],
+                    "sample_idx": samples["sample_idx"],
+                    "reward": pa.array(reward, pa.float64()),
+                    **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
+                }
+            )
+            storage.write_parquet(table, dst, schema)
+            storage.mark_done(dst, table.num_rows)
+            n_rows += table.num_rows
+        extra: dict = {
+            "components": names,
+            "reward": [{"name": c.name, "weight": c.weight, **c.info} for c in components],
+            "policy_chat_template": policy_template(cfg, round_idx),
+        }
+        if kl:
+            extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
+        return storage.finish_stage(
+            run,
+            "score",
+            round_idx,
+            inputs={"samples": samples_manifest["config_hash"]},
+            counts={"scores": n_rows, "shards": len(sample_files)},
+            extra=extra,
+        )
+
+
+def policy_template(cfg: Config, round_idx: int) -> str | None:
+    """The generator's chat template, recorded beside any reward model's own (they may differ)."""
+    path, _ = storage.policy_for_round(cfg, round_idx)
+    tok_cfg = Path(path) / "tokenizer_config.json"
+    template_file = Path(path) / "chat_template.jinja"
+    if template_file.is_file():
+        return template_file.read_text(encoding="utf-8")
+    if tok_cfg.is_file():
+        return storage.read_json(tok_cfg).get("chat_template")
+    return None
+
+
+def check_rewards(rewards: list[float], samples: pa.Table, name: str, src) -> None:
+    if len(rewards) != samples.num_rows:
+        raise DataError(f"reward {name!r} returned {len(rewards)} values for {samples.num_rows} samples in {src}")
+    for i, r in enumerate(rewards):
+        if not math.isfinite(r):
+            pid, k = samples["prompt_id"][i].as_py(), samples["sample_idx"][i].as_py()
+            raise DataError(f"reward {name!r} returned {r} for prompt_id={pid} sample_idx={k} in {src}")

@@ -1,0 +1,102 @@
+"""Select: rank a round's scored samples with a DuckDB query from `raft_data/selection/sql/<strategy>.sql`.
+
+Run as:
+    raft-data select --config pipelines/imdb_positive.yaml --round 0
+    raft-data select --config pipelines/imdb_positive.yaml --round 0 select.strategy=top_n_per_prompt select.n=2
+    raft-data select --round 0 select.drop_duplicates=true select.where="n_tokens >= 8" select.format=messages
+
+The selection runs in DuckDB over the Parquet shards (raft_data/selection/engine.py: views, guards, the strategy's
+query from raft_data/selection/sql/, data tests); `selected/` is then published with a manifest (counts, rows
+dropped by each guard) and a dataset card (README.md), in prompt/completion or messages form.
+"""
+
+from __future__ import annotations
+
+import pyarrow.compute as pc
+
+from raft_data import storage
+from raft_data.config import Config
+from raft_data.selection.card import dataset_card
+from raft_data.selection.engine import (
+    as_messages,
+    check_selected,
+    connect,
+    define_views,
+    dropped_counts,
+    fetch_row,
+    pool_manifests,
+    pool_rounds,
+    run_query,
+    select_params,
+    strategy_sql,
+    view_sql,
+)
+from raft_data.storage import schemas
+
+
+def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None = None) -> dict:
+    """Run the select stage of one round; returns its manifest."""
+    rdir = storage.round_dir(cfg, round_idx)
+    rounds = pool_rounds(cfg, round_idx)
+    manifests = pool_manifests(cfg, rounds)
+    sql = strategy_sql(cfg)
+    folder = rdir / storage.STAGE_FOLDERS["select"]
+    inputs = {
+        f"round-{r:04d}": {"samples": m[0]["config_hash"], "scores": m[1]["config_hash"]} for r, m in manifests.items()
+    }
+    stage_cfg = {
+        "select": cfg.select.__dict__,
+        "alpha": select_params(cfg, round_idx)["alpha"],
+        "sql": sql,
+        "views": {
+            name: view_sql(name) for name in ("settings", "pool", "guards", "checks", "checks_custom", "messages")
+        },
+        "inputs": inputs,
+        "round": round_idx,
+    }
+    where = f"{folder} ({cfg.select.strategy})"
+    with storage.stage("select", folder, stage_cfg, round_idx, force, in_place=False) as run:
+        if run.done:
+            return run.manifest
+        con = connect(cfg, rounds, threads)
+        params = define_views(con, cfg, round_idx)
+        table = run_query(con, sql, params, f"select.strategy={cfg.select.strategy!r}")
+        counts = check_selected(con, table, cfg, params, where)
+        counts = {"prompts": manifests[round_idx][0]["counts"].get("prompts"), **counts}
+        dropped = dropped_counts(con, cfg)
+        mean_all = fetch_row(con, "select avg(reward) from scores where round = $r", {"r": round_idx})[0]
+        mean_selected = pc.mean(table["reward"]).as_py() if table.num_rows else None
+        reward = {"mean_all": mean_all, "mean_selected": mean_selected}
+        lineage = {
+            "experiment": cfg.experiment.name,
+            "round": round_idx,
+            "pool_rounds": rounds,
+            "generators": [g for (g,) in con.execute("select distinct generator from samples order by 1").fetchall()],
+            "reward": manifests[round_idx][1]["config"].get("score"),
+            "inputs": inputs,
+            "select_config_hash": run.config_hash,
+        }
+        tmp = storage.tmp_folder(folder)
+        if cfg.select.format == "messages":
+            out, schema = as_messages(con, table.select(schemas.SELECTED.names)), schemas.SELECTED_MESSAGES
+        else:
+            out, schema = table, schemas.SELECTED
+        storage.write_parquet(out, tmp / storage.shard_name(0, 1), schema)
+        storage.write_text(dataset_card(cfg, round_idx, counts, dropped, lineage, reward), tmp / "README.md")
+        manifest = storage.finish_stage(
+            run,
+            "select",
+            round_idx,
+            inputs=inputs if len(rounds) > 1 else inputs[f"round-{round_idx:04d}"],
+            counts=counts,
+            extra={"dropped": dropped, "reward": reward, "format": cfg.select.format, "pool_rounds": rounds},
+            folder=tmp,
+        )
+        storage.publish_folder(folder)
+        print(
+            f"select round {round_idx} ({cfg.select.strategy}): kept {counts['selected']} of {counts['samples']} "
+            f"samples; mean reward selected {mean_selected or 0:.4f} vs all {mean_all or 0:.4f}"
+        )
+        if dropped:
+            print("  dropped before ranking: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        return manifest

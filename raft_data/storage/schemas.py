@@ -1,0 +1,98 @@
+"""Every Parquet artifact's schema, in one place. Tables are cast to these before writing; nothing is inferred."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+PROMPTS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),  # stable across rounds, derived from the source
+        pa.field("prompt", pa.string(), nullable=False),
+    ]
+)
+
+SAMPLES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),  # 0..K-1 within the prompt
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),  # generated tokens, the end-of-sequence token included
+        pa.field("truncated", pa.bool_(), nullable=False),  # stopped by max_new_tokens, not by end-of-sequence
+        pa.field("source", pa.string(), nullable=False),  # where the candidate came from, e.g. "policy"
+        pa.field("generator", pa.string(), nullable=False),  # backend and model that produced it
+        pa.field("seed", pa.int64(), nullable=False),  # the shard's sampling seed
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)
+
+
+def scores_schema(components: list[str]) -> pa.Schema:
+    """`reward` is what selection ranks by; each reward component keeps its own column."""
+    fields = [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+    ]
+    fields += [pa.field(name, pa.float64(), nullable=False) for name in components if name != "reward"]
+    return pa.schema(fields)
+
+
+SELECTED = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)
+
+# One row per completion the eval stage generated on held-out prompts: greedy (sample_idx 0) and sampled.
+EVAL_COMPLETIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # greedy | sampled
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),  # score.reward
+        pa.field("second_reward", pa.float64(), nullable=True),  # eval.second_reward, null when not configured
+        pa.field("logp", pa.float64(), nullable=True),  # log p_model(completion | prompt), sampled rows only
+        pa.field("ref_logp", pa.float64(), nullable=True),  # log p_base(completion | prompt), sampled rows only
+    ]
+)
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+
+# `selected/` with select.format=messages: the prompt as the user turn, the completion as the assistant turn.
+SELECTED_MESSAGES = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("messages", pa.list_(MESSAGE), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("n_tokens", pa.int32(), nullable=False),
+        pa.field("truncated", pa.bool_(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)
+
+# `raft-data heldout`: one row per sampled completion of a model on held-out prompts.
+HELDOUT_COMPLETIONS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+    ]
+)
