@@ -70,6 +70,7 @@ round: generate score select sft status
 
 demo: setup
 	$(MAKE) --no-print-directory rounds N=3
+	$(MAKE) --no-print-directory report
 
 clean:
 	rm -rf runs

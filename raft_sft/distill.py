@@ -15,7 +15,7 @@ from typing import Any
 from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import ConfigError, StageError
-from raft_sft.train import fit, load_dataset_column, load_selected, process_state
+from raft_sft.train import check_sft_section, fit, load_dataset_column, load_selected, process_state
 
 
 def resolve_selected(data: list[str]) -> list[Path]:
@@ -32,6 +32,8 @@ def resolve_selected(data: list[str]) -> list[Path]:
                 path = path / storage.STAGE_FOLDERS["select"]
             if not (path / "manifest.json").is_file():
                 raise StageError(f"--data {path} is not a finished selected/ folder (no manifest.json)")
+            manifest = storage.read_json(path / "manifest.json")
+            storage.verify_shards(path, manifest, "select", manifest.get("round", 0))
             if path.resolve() not in [f.resolve() for f in folders]:
                 folders.append(path)
     return folders
@@ -65,6 +67,9 @@ def distill(
     the rounds and their teachers. The `sft:` and `lora:` sections of `cfg` apply as in a round."""
     folders = resolve_selected(data)
     rounds = [lineage(f) for f in folders]
+    check_sft_section(cfg)
+    if sum(r["rows"] for r in rounds) == 0:
+        raise StageError(f"--data {', '.join(data)} holds no rows: nothing to fine-tune on")
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, name_or_path=model))
     stage_cfg = {
         "sft": cfg.sft,
@@ -75,7 +80,7 @@ def distill(
     }
     state = process_state()
     owner = state.is_main_process
-    output.parent.mkdir(parents=True, exist_ok=True)
+    storage.make_dir(output.parent)
     lock_name = f"distill-{output.name}"
     with storage.stage(lock_name, output, stage_cfg, -1, force, in_place=False, owner=owner) as run:
         state.wait_for_everyone()
@@ -84,8 +89,6 @@ def distill(
         tmp = storage.tmp_folder(output)
         files = [f for folder in folders for f in storage.shard_files(folder)]
         dataset = load_selected(files)
-        if len(dataset) == 0:
-            raise StageError(f"--data {', '.join(data)} holds no rows: nothing to fine-tune on")
         ids = [
             f"{r['experiment']}/{r['round']:04d}:{p}"
             for r, folder in zip(rounds, folders, strict=True)

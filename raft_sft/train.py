@@ -13,6 +13,7 @@ the sample ended by itself (not where it hit max_new_tokens).
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,16 +23,31 @@ from raft_data.config import Config
 from raft_data.errors import ConfigError, StageError
 
 
-def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
-    """Build TRL's SFTConfig from the `sft:` section; an unknown field is a ConfigError naming it."""
+def check_sft_section(cfg: Config) -> None:
+    """The `sft:` section checked before any model is loaded: known SFTConfig fields, values of the field's kind,
+    and a run that trains at least one step."""
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
-    unknown = sorted(set(cfg.sft) - known)
+    defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
+    unknown = sorted(set(cfg.sft) - set(defaults))
     if unknown:
         raise ConfigError(f"unknown key sft.{unknown[0]}: the sft section takes TRL SFTConfig fields")
     if "output_dir" in cfg.sft:
         raise ConfigError("sft.output_dir is set by the round layout (round-NNNN/model/); remove it")
+    for key, value in cfg.sft.items():
+        check_sft_value(key, value, defaults[key])
+    if cfg.sft.get("max_steps", -1) <= 0 and cfg.sft.get("num_train_epochs", 3.0) <= 0:
+        raise ConfigError(
+            f"sft.num_train_epochs={cfg.sft.get('num_train_epochs')!r} is invalid: expected > 0 "
+            "(or sft.max_steps > 0); it would publish an untrained model"
+        )
+
+
+def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
+    """Build TRL's SFTConfig from the `sft:` section; an unknown field or a bad value is a ConfigError naming it."""
+    from trl import SFTConfig
+
+    check_sft_section(cfg)
     # What the round layout and a CPU need; anything the user sets in `sft:` wins.
     base: dict[str, Any] = {
         "report_to": "none",
@@ -46,6 +62,36 @@ def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
         return SFTConfig(output_dir=str(output_dir), **(base | cfg.sft))
     except (ValueError, TypeError) as e:
         raise ConfigError(f"sft section is invalid: {str(e).splitlines()[0]}") from None
+
+
+# SFTConfig fields that must be at least this (it checks none of them itself; a bad one fails deep in training)
+SFT_MINIMUMS = {
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "learning_rate": 0.0,
+    "max_length": 1,
+    "logging_steps": 0,
+    "warmup_steps": 0,
+    "weight_decay": 0.0,
+}
+
+
+def check_sft_value(key: str, value: Any, default: Any) -> None:
+    """A ConfigError naming `sft.key=value` when the value is not of the field's kind (number, integer, true or
+    false, as TRL's default is) or below its minimum."""
+    if isinstance(default, bool):
+        ok, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        expected = "a number"
+    else:
+        return
+    if ok and key in SFT_MINIMUMS and value < SFT_MINIMUMS[key]:
+        ok, expected = False, f">= {SFT_MINIMUMS[key]}"
+    if not ok:
+        raise ConfigError(f"sft.{key}={value!r} is invalid: expected {expected}")
 
 
 def load_selected(files: list[Path]):
@@ -120,6 +166,12 @@ def log_examples(trainer, example_ids: list[str], log: list[str]) -> None:
     trainer.data_collator = logging_collator
 
 
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete TRL checkpoint in `folder` (its trainer_state.json is written last), or None."""
+    found = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.rsplit("-", 1)[-1]), default=None)
+
+
 def fit(
     cfg: Config, start_path: str, dataset, example_ids: list[str], tmp: Path, state, record: bool = False
 ) -> tuple[Any, Any, dict[str, Any]]:
@@ -144,8 +196,15 @@ def fit(
     seen: list[str] = []
     if record:
         log_examples(trainer, example_ids, seen)
-    result = trainer.train()
+    # A killed run of the same config left its checkpoints in tmp/trainer (when sft.save_strategy saves any):
+    # go on from the last complete one.
+    checkpoint = last_checkpoint(tmp / "trainer")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if result.global_step == 0:
+        raise StageError(f"SFT on {start_path} ran 0 steps: check sft.num_train_epochs / sft.max_steps")
     extra: dict[str, Any] = {"sft_args": args.to_dict(), "log_history": trainer.state.log_history}
+    if checkpoint is not None:
+        extra["resumed_from_checkpoint"] = checkpoint.name
     if lora is not None:
         extra["lora"] = dict(cfg.lora.__dict__)
         extra["trainable_parameters"] = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
@@ -168,11 +227,25 @@ def fit(
     return result, trainer, extra
 
 
+def empty_selection(round_idx: int, selected_manifest: dict[str, Any]) -> str:
+    """One line: the round's selection is empty, and what emptied it."""
+    dropped = selected_manifest.get("dropped") or {}
+    emptied_by = ", ".join(f"{k} dropped {v}" for k, v in dropped.items() if v) or "no guard dropped a row"
+    strategy = selected_manifest["config"]["select"]["strategy"]
+    return (
+        f"round {round_idx}: selected/ holds no rows, nothing to fine-tune on (select.strategy={strategy}; "
+        f"{emptied_by}); loosen the selection and rerun `raft-data select --round {round_idx} --force`"
+    )
+
+
 def train(cfg: Config, round_idx: int, force: bool = False, record_examples: bool = False) -> dict:
     """Run the SFT stage of one round; returns its manifest."""
     rdir = storage.round_dir(cfg, round_idx)
     selected_dir = rdir / storage.STAGE_FOLDERS["select"]
-    selected_manifest = storage.read_manifest(selected_dir, "select", round_idx)
+    selected_manifest = storage.read_verified(selected_dir, "select", round_idx)
+    check_sft_section(cfg)
+    if selected_manifest["counts"].get("selected") == 0:
+        raise StageError(empty_selection(round_idx, selected_manifest))
     start_path, start_id = storage.policy_for_round(cfg, round_idx, role="train")
     folder = rdir / storage.STAGE_FOLDERS["train"]
     stage_cfg = {
@@ -193,8 +266,6 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
         tmp = storage.tmp_folder(folder)
         files = storage.shard_files(selected_dir)
         dataset = load_selected(files)
-        if len(dataset) == 0:
-            raise StageError(f"{selected_dir} holds no rows: nothing to fine-tune on")
         ids = [f"{round_idx:04d}:{p}" for p in load_dataset_column(files, "prompt_id")]
         result, _, extra = fit(cfg, start_path, dataset, ids, tmp, state, record_examples)
         if not state.is_main_process:

@@ -118,7 +118,8 @@ def test_sft_data_parallel_two_cpu_processes(tmp_path, tiny_model_dir, two_exper
         "--model", str(tiny_model_dir), "--output", str(out), "--log-examples",
     ]  # fmt: skip
     (tmp_path / "cfg.yaml").write_text(two_experiments[0].to_yaml())  # its sft: 1 epoch, 2 per device
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # CPU processes (gloo) even where a GPU is visible: two processes on one GPU would fail
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = storage.read_json(out / "manifest.json")

@@ -5,6 +5,7 @@ one place that turns user errors into one-line messages with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,22 @@ from raft_data.config import Config, load_config
 from raft_data.errors import UserError
 
 DEFAULT_CONFIG = "pipelines/imdb_positive.yaml"
+# `--debug` anywhere on the command line (or RAFT_DEBUG=1): user errors keep their traceback and its causes
+DEBUG = {"on": os.environ.get("RAFT_DEBUG", "") not in ("", "0")}
+
+
+def take_debug_flag(argv: list[str]) -> list[str]:
+    """`argv` without `--debug`, which turns tracebacks on for this process."""
+    if "--debug" in argv:
+        DEBUG["on"] = True
+    return [a for a in argv if a != "--debug"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line and exit status 2, like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        fail(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
 def add_config_args(parser: argparse.ArgumentParser, round_arg: bool = True) -> argparse.ArgumentParser:
@@ -57,6 +74,8 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
     except UserError as e:
+        if DEBUG["on"]:
+            raise
         fail(str(e))
 
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 
 from raft_data.cli import rounds, stages, tools
-from raft_data.cli.common import fail
+from raft_data.cli.common import fail, take_debug_flag
 
 Command = Callable[[list[str] | None], None]
 
@@ -49,13 +49,13 @@ Then fine-tune on it with `raft-sft train`.
 Commands:
 {commands}
 
-Run `raft-data COMMAND --help` for a command's options. Example:
+Run `raft-data COMMAND --help` for a command's options; `--debug` shows the traceback of an error. Example:
   raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
 """
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         commands = "\n".join(f"  {name:12s} {help_}" for name, (_, help_) in COMMANDS.items())
         print(USAGE.format(commands=commands), end="")

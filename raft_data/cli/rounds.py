@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 
 from raft_data import storage
-from raft_data.cli.common import add_config_args, run_stage
+from raft_data.cli.common import Parser, add_config_args, run_stage
 from raft_data.config import Config
 from raft_data.report import collect, compare_experiments, metrics_markdown, write_report
 from raft_data.rounds import run_rounds
@@ -21,7 +21,7 @@ from raft_sft.train import train
 
 
 def rounds_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data rounds",
         description="Run generate, score, select, sft and eval for rounds 0..N-1, resuming where a run stopped.",
     )
@@ -37,9 +37,7 @@ def rounds_command(argv: list[str] | None = None) -> None:
 
 
 def report_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="raft-data report", description="Write an HTML report with plots of every evaluated round."
-    )
+    parser = Parser(prog="raft-data report", description="Write an HTML report with plots of every evaluated round.")
     add_config_args(parser, round_arg=False)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <experiment>/report/)")
     parser.add_argument(

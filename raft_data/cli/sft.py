@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raft_data.cli.common import add_stage_args, fail, guarded, parse, run_stage
+from raft_data.cli.common import Parser, add_stage_args, fail, guarded, parse, run_stage, take_debug_flag
 from raft_data.config import Config
 from raft_sft.distill import distill
 from raft_sft.student import make_student
@@ -33,7 +33,7 @@ Run `raft-sft train --help` for the options.
 
 
 def train_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-sft train",
         description="Fine-tune the round's starting model on its selected samples with TRL's SFTTrainer; "
         "with --data, --model and --output, distil any rounds' selected data into any student model instead.",
@@ -66,9 +66,7 @@ def train_command(argv: list[str] | None = None) -> None:
 
 
 def student_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="raft-sft student", description="Build a layer-dropped student model from a teacher folder."
-    )
+    parser = Parser(prog="raft-sft student", description="Build a layer-dropped student model from a teacher folder.")
     parser.add_argument("--teacher", default="assets/smollm2-135m-instruct")
     parser.add_argument("--layers", type=int, default=6, help="decoder layers the student keeps")
     parser.add_argument("--output", required=True)
@@ -85,7 +83,7 @@ COMMANDS = {"train": train_command, "student": student_command}
 
 def main(argv: list[str] | None = None) -> None:
     """The `raft-sft` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+    argv = take_debug_flag(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return

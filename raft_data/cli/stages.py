@@ -10,9 +10,7 @@ Run as:
 
 from __future__ import annotations
 
-import argparse
-
-from raft_data.cli.common import add_stage_args, run_stage
+from raft_data.cli.common import Parser, add_stage_args, run_stage
 from raft_data.selection.engine import strategies
 from raft_data.stages.evaluate import evaluate
 from raft_data.stages.generate import generate
@@ -21,7 +19,7 @@ from raft_data.stages.select import select
 
 
 def generate_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data generate",
         description="Sample K completions per prompt for one round and write them as Parquet shards.",
     )
@@ -40,14 +38,12 @@ def generate_command(argv: list[str] | None = None) -> None:
 
 
 def score_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="raft-data score", description="Score every sample of one round with the configured reward."
-    )
+    parser = Parser(prog="raft-data score", description="Score every sample of one round with the configured reward.")
     run_stage(add_stage_args(parser), argv, lambda cfg, a: score(cfg, a.round, force=a.force))
 
 
 def select_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data select",
         description="Rank a round's scored samples with a DuckDB query and write the selected set. "
         f"Strategies (select.strategy): {', '.join(strategies())}.",
@@ -56,7 +52,7 @@ def select_command(argv: list[str] | None = None) -> None:
 
 
 def eval_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data eval",
         description="Evaluate a round's fine-tuned model on held-out prompts (round 0 also evaluates the base model).",
     )

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from raft_data import storage
-from raft_data.cli.common import add_config_args, guarded, parse, run_stage
+from raft_data.cli.common import Parser, add_config_args, fail, guarded, parse, run_stage
 from raft_data.config import Config
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
@@ -23,20 +23,38 @@ from raft_data.tools.assets import fetch_assets
 from raft_data.tools.heldout import heldout_reward
 from raft_data.tools.inspect import inspect
 from raft_data.tools.sql import format_table, run_sql
-from raft_data.tools.status import round_status
+from raft_data.tools.status import round_status, verify_experiment
 
 
 def _printer(prog: str, description: str, lines) -> None:
     """A command over one round that prints the lines `lines(cfg, round)` returns."""
 
     def command(argv: list[str] | None = None) -> None:
-        parser = add_config_args(argparse.ArgumentParser(prog=prog, description=description))
+        parser = add_config_args(Parser(prog=prog, description=description))
         run_stage(parser, argv, lambda cfg, a: print("\n".join(lines(cfg, a.round))))
 
     return command
 
 
-status_command = _printer("raft-data status", "Show what a round holds, stage by stage.", round_status)
+def status_command(argv: list[str] | None = None) -> None:
+    parser = add_config_args(Parser(prog="raft-data status", description="Show what a round holds, stage by stage."))
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every finished stage of every round against its manifest (missing, damaged or extra shards)",
+    )
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        print("\n".join(round_status(cfg, args.round)))
+        if args.verify:
+            problems = verify_experiment(cfg)
+            print("\n".join(f"  problem: {p}" for p in problems) or f"verify: {storage.experiment_dir(cfg)} is intact")
+            if problems:
+                fail(f"verify: {len(problems)} problem(s) in {storage.experiment_dir(cfg)}; the first: {problems[0]}")
+
+    run_stage(parser, argv, run)
+
+
 prompts_command = _printer(
     "raft-data prompts", "Print the prompts a round draws (nothing is written).", look.round_prompt_lines
 )
@@ -53,13 +71,13 @@ chat_command = _printer(
 
 
 def config_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="raft-data config", description="Print the resolved config as YAML.")
+    parser = Parser(prog="raft-data config", description="Print the resolved config as YAML.")
     add_config_args(parser, round_arg=False)
     run_stage(parser, argv, lambda cfg, a: print(cfg.to_yaml(), end=""))
 
 
 def inspect_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data inspect",
         description="Show a round's counts, reward quantiles, guard drops, and kept vs rejected samples.",
     )
@@ -75,7 +93,7 @@ def inspect_command(argv: list[str] | None = None) -> None:
 
 
 def sql_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data sql",
         description="Run a DuckDB select query over a round (views samples, scores, scored, guarded, candidates, "
         "selected, prompts) and print the result.",
@@ -98,7 +116,7 @@ def sql_command(argv: list[str] | None = None) -> None:
 
 
 def heldout_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data heldout", description="Mean reward of any model folder's samples on the held-out prompts."
     )
     add_config_args(parser, round_arg=False)
@@ -120,7 +138,7 @@ def heldout_command(argv: list[str] | None = None) -> None:
 
 
 def reward_model_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data reward-model", description="Fine-tune MiniLM into a reward model on human movie ratings."
     )
     add_config_args(parser, round_arg=False)
@@ -142,9 +160,7 @@ def reward_model_command(argv: list[str] | None = None) -> None:
 
 
 def logprob_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="raft-data logprob", description="Print log p(completion | prompt) under a model folder."
-    )
+    parser = Parser(prog="raft-data logprob", description="Print log p(completion | prompt) under a model folder.")
     parser.add_argument("--model", required=True)
     parser.add_argument("prompt")
     parser.add_argument("completion")
@@ -153,9 +169,7 @@ def logprob_command(argv: list[str] | None = None) -> None:
 
 
 def reward_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="raft-data reward", description="Score one prompt and completion with a reward model folder."
-    )
+    parser = Parser(prog="raft-data reward", description="Score one prompt and completion with a reward model folder.")
     parser.add_argument("--model", required=True, help="a sequence-classification model folder")
     parser.add_argument("--label", default=None, help="classifiers: label name or index")
     parser.add_argument("--chat-template", action="store_true")
@@ -167,7 +181,7 @@ def reward_command(argv: list[str] | None = None) -> None:
 
 
 def assets_command(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="raft-data assets", description="Fetch and convert the default model and prompts into a folder."
     )
     parser.add_argument("--dest", default="assets", help="where to put them (default: assets)")

@@ -31,9 +31,9 @@ class ExperimentConfig:
     seed: int = 0  # the root of every other seed: prompt draws, sampling, SFT
 
     def __post_init__(self) -> None:
-        _require(
-            bool(self.name) and "/" not in self.name, "experiment.name", self.name, "a non-empty name without '/'"
-        )
+        # one path component, so that an experiment never writes outside output_root
+        one_component = bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\")
+        _require(one_component, "experiment.name", self.name, "a folder name (not '.' or '..', no '/' or '\\')")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raft_data.config import GenerateConfig
-from raft_data.errors import ConfigError
+from raft_data.errors import ConfigError, ModelLoadError
 
 
 @dataclass
@@ -57,7 +57,10 @@ def context_limit(model_path: str, cfg: GenerateConfig) -> int | None:
     config_file = Path(model_path) / "config.json"
     if not config_file.is_file():
         return None
-    context = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
+    try:
+        context = json.loads(config_file.read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (UnicodeDecodeError, ValueError, AttributeError):
+        raise ModelLoadError(f"{config_file} is not a valid model config (JSON object)") from None
     return None if context is None else max(1, int(context) - cfg.max_new_tokens)
 
 

@@ -66,8 +66,12 @@ def hf_reward(
 
     if not (Path(path) / "config.json").is_file():
         raise ConfigError(f"reward model {path!r} is not a model folder (no config.json)")
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    except Exception as e:  # a broken folder fails in many ways inside transformers; all are the user's folder
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"reward model {path!r} could not be loaded: {first[:300]}") from e
     index = resolve_label(model.config, label, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

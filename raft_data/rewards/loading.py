@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from raft_data.config import ScoreConfig, reward_component_name
-from raft_data.errors import ConfigError
+from raft_data.errors import ConfigError, DataError
 from raft_data.rewards.builtin import BUILTIN, RewardFn
 from raft_data.rewards.hf import hf_reward
 
@@ -70,6 +71,39 @@ def load_components(cfg: ScoreConfig, device: str = "cpu") -> list[RewardCompone
     return components
 
 
+def reward_values(
+    name: str, fn: RewardFn, prompts: list[str], completions: list[str], row: Callable[[int], str]
+) -> list[float]:
+    """Call a reward and check what it returns: one finite number per completion. A reward that raises, or returns
+    anything else, is a DataError naming the reward, the first bad row (`row(i)` describes row i) and the value;
+    the reward's own exception is kept as the cause (shown with `--debug`)."""
+    try:
+        values = fn(prompts, completions)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"reward {name!r} raised {type(e).__name__}({first!r}) on the batch from {row(0)}") from e
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise DataError(
+            f"reward {name!r} returned {values!r} for the batch from {row(0)}: expected a list of "
+            f"{len(prompts)} numbers, one per completion"
+        )
+    values = list(values)
+    if len(values) != len(prompts):
+        raise DataError(
+            f"reward {name!r} returned {len(values)} values for {len(prompts)} completions (the batch from {row(0)})"
+        )
+    out = []
+    for i, value in enumerate(values):
+        try:
+            number = None if isinstance(value, (bool, str, bytes)) else float(value)
+        except (TypeError, ValueError):
+            number = None
+        if number is None or not math.isfinite(number):
+            raise DataError(f"reward {name!r} returned {value!r} for {row(i)}: expected a finite number")
+        out.append(number)
+    return out
+
+
 def combine(components: list[RewardComponent], values: dict[str, list[float]]) -> list[float]:
     """The weighted sum of the components' values, sample by sample."""
     n = len(next(iter(values.values())))
@@ -82,7 +116,10 @@ def configured_reward(cfg: ScoreConfig, device: str = "cpu") -> RewardFn:
     components = load_components(cfg, device)
 
     def reward(prompts: list[str], completions: list[str]) -> list[float]:
-        values = {c.name: [float(v) for v in c.fn(prompts, completions)] for c in components}
+        def row(i: int) -> str:
+            return f"completion {i} ({prompts[i][:40]!r} ...)"
+
+        values = {c.name: reward_values(c.name, c.fn, prompts, completions, row) for c in components}
         return combine(components, values)
 
     return reward

@@ -132,12 +132,13 @@ def pool_rounds(cfg: Config, round_idx: int) -> list[int]:
 
 
 def pool_manifests(cfg: Config, rounds: list[int]) -> dict[int, tuple[dict, dict]]:
-    """Each pool round's (samples manifest, scores manifest); a missing one names the command that makes it."""
+    """Each pool round's (samples manifest, scores manifest), their shards checked against them; a missing one
+    names the command that makes it."""
     manifests = {}
     for r in rounds:
         rdir = storage.round_dir(cfg, r)
-        samples = storage.read_manifest(rdir / storage.STAGE_FOLDERS["generate"], "generate", r)
-        scores = storage.read_manifest(rdir / storage.STAGE_FOLDERS["score"], "score", r)
+        samples = storage.read_verified(rdir / storage.STAGE_FOLDERS["generate"], "generate", r)
+        scores = storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", r)
         manifests[r] = (samples, scores)
     return manifests
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +39,10 @@ from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
 from raft_data.config import Config
 from raft_data.data.prompts import eval_prompts
-from raft_data.errors import ConfigError, DataError
+from raft_data.errors import ConfigError
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
 from raft_data.models.logprobs import completion_token_ids, perplexity, sequence_logprobs
-from raft_data.rewards.loading import configured_reward, load_reward
+from raft_data.rewards.loading import configured_reward, load_reward, reward_values
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
 
@@ -101,13 +100,6 @@ def eval_seed(seed: int) -> int:
 # The stage.
 
 
-def _rewards(fn, prompts: list[str], completions: list[str]) -> list[float]:
-    values = [float(r) for r in fn(prompts, completions)]
-    if len(values) != len(prompts) or not all(math.isfinite(v) for v in values):
-        raise DataError("a reward returned a wrong number of values or a non-finite value on eval completions")
-    return values
-
-
 def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     """Generate greedy and sampled completions with `model_path` and compute every model-side metric."""
     reward_fn = configured_reward(cfg.score, resolve_device(cfg.score.device))
@@ -136,9 +128,15 @@ def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> t
                 rows["n_tokens"].append(c.n_tokens)
                 rows["truncated"].append(c.truncated)
                 completions.append(c)
-    rows["reward"] = _rewards(reward_fn, rows["prompt"], rows["completion"])
+
+    def row(i: int) -> str:
+        return f"held-out prompt_id={rows['prompt_id'][i]} ({rows['kind'][i]} completion {rows['sample_idx'][i]})"
+
+    rows["reward"] = reward_fn(rows["prompt"], rows["completion"])
     rows["second_reward"] = (
-        _rewards(second_fn, rows["prompt"], rows["completion"]) if second_fn else [None] * len(completions)
+        reward_values(cfg.eval.second_reward, second_fn, rows["prompt"], rows["completion"], row)
+        if second_fn
+        else [None] * len(completions)
     )
 
     # log-probabilities of the sampled completions under the model and the base model: the KL estimate
@@ -201,7 +199,8 @@ def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> d
         folder, lock_dir, manifest_round, data_rdir = rdir / storage.STAGE_FOLDERS["eval"], rdir, round_idx, rdir
         model_dir = rdir / storage.STAGE_FOLDERS["train"]
         model_manifest = storage.read_manifest(model_dir, "train", round_idx)
-        storage.read_manifest(rdir / storage.STAGE_FOLDERS["select"], "select", round_idx)
+        storage.read_verified(rdir / storage.STAGE_FOLDERS["select"], "select", round_idx)
+        storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", round_idx)
         model_path, model_id = str(model_dir), f"round-{round_idx:04d}:{model_manifest['config_hash']}"
     stage_cfg = {
         "eval": cfg.eval.__dict__,

@@ -33,6 +33,7 @@ from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
 from raft_data.errors import ConfigError, StageError
+from raft_data.models.loading import load_tokenizer
 from raft_data.storage import schemas
 
 
@@ -51,7 +52,7 @@ def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
 def round_setup_lock(rdir: Path) -> Iterator[None]:
     """A short, waiting lock around the steps every worker of a round shares: the stage guard, `prompts.parquet`
     and the manifest. Shard workers started together queue here for a moment instead of racing."""
-    rdir.mkdir(parents=True, exist_ok=True)
+    storage.make_dir(rdir)
     with open(rdir / ".generate.setup.lock", "a+") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
@@ -69,12 +70,11 @@ EXECUTION_ONLY = ("executor", "ray_address")
 
 
 def load_prompt_tokenizer(model_path: str, cfg: Config):
-    """The policy's tokenizer, for chat templates, prompt lengths and token counts of imported candidates."""
-    from transformers import AutoTokenizer
-
-    if not (Path(model_path) / "config.json").is_file():
+    """The policy's tokenizer, for chat templates, prompt lengths and token counts of imported candidates; None for
+    a served model (`openai` backend) whose name is not a local folder."""
+    if cfg.generate.backend == "openai" and not (Path(model_path) / "config.json").is_file():
         return None
-    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    return load_tokenizer(model_path, cfg.model)
 
 
 def generate(
@@ -97,10 +97,22 @@ def generate(
     rdir = storage.round_dir(cfg, round_idx)
     folder = rdir / storage.STAGE_FOLDERS["generate"]
     model_path, model_id = storage.policy_for_round(cfg, round_idx)
+    # Everything that can be wrong with the inputs is found here, before the round's folder is touched.
+    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
+    tokenizer = load_prompt_tokenizer(model_path, cfg)
+    formatted = prepare(prompts, tokenizer, model_path, cfg)
+    sources = [load_source(spec) for spec in cfg.generate.extra_sources]
+    if sources and tokenizer is None:
+        raise ConfigError(f"generate.extra_sources needs the model's tokenizer, and {model_path} has none")
+    for source in sources:  # bad rows stop the stage here, before any shard is written
+        for pid, text in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), strict=True):
+            candidates(source, pid, text)
     stage_cfg = {
         "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
         "model": {**cfg.model.__dict__, "generator": model_id},
         "prompts": cfg.prompts.__dict__,
+        # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
+        "prompts_drawn": config_hash(prompts.to_pydict()),
         # where shards run does not change what they hold, so a round may resume under another executor
         "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in EXECUTION_ONLY},
         "round": round_idx,
@@ -114,9 +126,8 @@ def generate(
             run = storage.begin_stage(folder, stage_cfg, chash, force, round_idx)
             if run.done:
                 print(f"generate: {folder} is done, skipping")
-                return storage.read_json(folder / "manifest.json")
+                return run.manifest
             prompts_path = rdir / "prompts.parquet"
-            prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
             # Every worker draws the same prompts; the first one writes them, the others check them.
             if not prompts_path.exists() or not pq.read_table(prompts_path).equals(prompts):
                 storage.write_parquet(prompts, prompts_path, schemas.PROMPTS)
@@ -124,14 +135,6 @@ def generate(
         if cfg.generate.executor == "ray" and shard is None:
             run_shards_on_ray(cfg, round_idx, n_shards, folder)  # then below: nothing left to do but finalise
 
-        tokenizer = load_prompt_tokenizer(model_path, cfg)
-        formatted = prepare(prompts, tokenizer, model_path, cfg)
-        sources = [load_source(spec) for spec in cfg.generate.extra_sources]
-        if sources and tokenizer is None:
-            raise ConfigError(f"generate.extra_sources needs the model's tokenizer, and {model_path} has none")
-        for source in sources:  # bad rows stop the stage here, before any shard is written
-            for pid, text in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), strict=True):
-                candidates(source, pid, text)
         generator = f"{cfg.generate.backend}:{model_path}"
         bounds = shard_bounds(prompts.num_rows, n_shards)
         wanted = range(n_shards) if shard is None else [shard]
@@ -276,6 +279,7 @@ def finish(
         },
         "chat_template": formatted.chat_template,
         "long_prompts": formatted.report(cfg.generate.long_prompts),
+        "shards": storage.shard_inventory(run.folder),
     }
     inputs = {"prompts": str(prompts_path), "model": model_id}
     inputs.update({f"source:{s['name']}": s["path"] for s in cfg.generate.extra_sources})

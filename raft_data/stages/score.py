@@ -13,7 +13,6 @@ A non-finite reward stops the stage with the prompt_id and sample_idx that produ
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,10 +21,9 @@ from tqdm.auto import tqdm
 
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
-from raft_data.errors import DataError
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import load_logprob_fn
-from raft_data.rewards.loading import combine, load_components
+from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
 
 
@@ -33,7 +31,7 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
     """Run the score stage of one round; returns its manifest."""
     rdir = storage.round_dir(cfg, round_idx)
     samples_dir = rdir / storage.STAGE_FOLDERS["generate"]
-    samples_manifest = storage.read_manifest(samples_dir, "generate", round_idx)
+    samples_manifest = storage.read_verified(samples_dir, "generate", round_idx)
     folder = rdir / storage.STAGE_FOLDERS["score"]
     kl = cfg.score.beta > 0
     # new score fields enter the hash only when set, so rounds scored before they existed stay valid
@@ -67,10 +65,14 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
                 continue
             samples = pq.read_table(src, columns=["prompt_id", "sample_idx", "prompt", "completion", "truncated"])
             prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
+            ids, idxs = samples["prompt_id"].to_pylist(), samples["sample_idx"].to_pylist()
+
+            def row(i: int, src=src, ids=ids, idxs=idxs) -> str:
+                return f"prompt_id={ids[i]} sample_idx={idxs[i]} in {src}"
+
             columns: dict[str, list[float]] = {}
             for c in components:
-                columns[c.name] = [float(r) for r in c.fn(prompts, completions)] if samples.num_rows else []
-                check_rewards(columns[c.name], samples, c.name, src)
+                columns[c.name] = reward_values(c.name, c.fn, prompts, completions, row) if samples.num_rows else []
             reward = combine(components, columns) if samples.num_rows else []
             if kl:
                 ended = [not t for t in samples["truncated"].to_pylist()]
@@ -78,7 +80,7 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
                 ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
                 columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
                 reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
-                check_rewards(reward, samples, "reward", src)
+                reward = reward_values("reward", lambda p, c, r=reward: r, prompts, completions, row)
             table = pa.table(
                 {
                     "prompt_id": samples["prompt_id"],
@@ -94,6 +96,7 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
             "components": names,
             "reward": [{"name": c.name, "weight": c.weight, **c.info} for c in components],
             "policy_chat_template": policy_template(cfg, round_idx),
+            "shards": storage.shard_inventory(folder),
         }
         if kl:
             extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
@@ -117,12 +120,3 @@ def policy_template(cfg: Config, round_idx: int) -> str | None:
     if tok_cfg.is_file():
         return storage.read_json(tok_cfg).get("chat_template")
     return None
-
-
-def check_rewards(rewards: list[float], samples: pa.Table, name: str, src) -> None:
-    if len(rewards) != samples.num_rows:
-        raise DataError(f"reward {name!r} returned {len(rewards)} values for {samples.num_rows} samples in {src}")
-    for i, r in enumerate(rewards):
-        if not math.isfinite(r):
-            pid, k = samples["prompt_id"][i].as_py(), samples["sample_idx"][i].as_py()
-            raise DataError(f"reward {name!r} returned {r} for prompt_id={pid} sample_idx={k} in {src}")

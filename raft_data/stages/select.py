@@ -12,6 +12,8 @@ dropped by each guard) and a dataset card (README.md), in prompt/completion or m
 
 from __future__ import annotations
 
+import sys
+
 import pyarrow.compute as pc
 
 from raft_data import storage
@@ -89,7 +91,13 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
             round_idx,
             inputs=inputs if len(rounds) > 1 else inputs[f"round-{round_idx:04d}"],
             counts=counts,
-            extra={"dropped": dropped, "reward": reward, "format": cfg.select.format, "pool_rounds": rounds},
+            extra={
+                "dropped": dropped,
+                "reward": reward,
+                "format": cfg.select.format,
+                "pool_rounds": rounds,
+                "shards": storage.shard_inventory(tmp),
+            },
             folder=tmp,
         )
         storage.publish_folder(folder)
@@ -99,4 +107,17 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         )
         if dropped:
             print("  dropped before ranking: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        if counts["selected"] == 0:
+            print(f"warning: {empty_selection(cfg, round_idx, manifest)}", file=sys.stderr)
         return manifest
+
+
+def empty_selection(cfg: Config, round_idx: int, manifest: dict) -> str:
+    """Why a round's selection holds no rows, in one line: the strategy and what each guard or clause dropped."""
+    dropped = ", ".join(f"{k} {v}" for k, v in (manifest.get("dropped") or {}).items()) or "no guard enabled"
+    strategy = manifest["config"]["select"]["strategy"]
+    return (
+        f"round {round_idx}: selected/ holds no rows (select.strategy={strategy}; dropped before ranking: "
+        f"{dropped}); there is nothing to fine-tune on: loosen the selection and rerun "
+        f"`raft-data select --round {round_idx} --force`"
+    )

@@ -3,6 +3,8 @@ folders and shard names, atomic writes, markers, locks, manifests, the `stage()`
 """
 
 from raft_data.storage.files import (
+    file_sha256,
+    make_dir,
     mark_done,
     marker_path,
     read_json,
@@ -29,8 +31,11 @@ from raft_data.storage.manifests import (
     library_versions,
     publish_folder,
     read_manifest,
+    read_verified,
+    shard_inventory,
     stage,
     tmp_folder,
+    verify_shards,
 )
 
 __all__ = [
@@ -40,8 +45,10 @@ __all__ = [
     "baseline_dir",
     "begin_stage",
     "experiment_dir",
+    "file_sha256",
     "finish_stage",
     "library_versions",
+    "make_dir",
     "mark_done",
     "marker_path",
     "policy_for_round",
@@ -49,14 +56,17 @@ __all__ = [
     "read_eval",
     "read_json",
     "read_manifest",
+    "read_verified",
     "round_dir",
     "round_wall_time",
     "shard_done",
     "shard_files",
+    "shard_inventory",
     "shard_name",
     "stage",
     "stage_lock",
     "tmp_folder",
+    "verify_shards",
     "write_json",
     "write_parquet",
     "write_text",

@@ -15,6 +15,7 @@ from raft_data.config import Config, ModelConfig
 from raft_data.data.chat import context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import candidates, load_source
+from raft_data.models.loading import load_tokenizer
 from raft_data.storage import policy_for_round
 
 
@@ -38,11 +39,9 @@ def candidate_count_lines(cfg: Config, round_idx: int) -> list[str]:
 
 def formatted_prompt_lines(cfg: Config, round_idx: int) -> list[str]:
     """The round's prompts as the model sees them (chat template, length rule), then the long-prompt report."""
-    from transformers import AutoTokenizer
-
     model_path, _ = policy_for_round(cfg, round_idx)
     prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(model_path, cfg.model)
     ids = prompts["prompt_id"].to_pylist()
     out = format_prompts(
         ids, prompts["prompt"].to_pylist(), tokenizer, cfg.generate, context_limit(model_path, cfg.generate)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from raft_data import storage
 from raft_data.config import Config
+from raft_data.errors import UserError
 
 
 def round_status(cfg: Config, round_idx: int) -> list[str]:
+    """The round's stages in order, each done (counts, wall time) or the command that is next."""
     rdir = storage.round_dir(cfg, round_idx)
     lines = [f"round {round_idx}: {rdir}"]
     for stage, name in storage.STAGE_FOLDERS.items():
@@ -28,3 +30,26 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
                     f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
                 )
     return lines
+
+
+def verify_experiment(cfg: Config) -> list[str]:
+    """Every finished stage of every round checked against its manifest (shards present, unchanged, none added);
+    one line per problem, none when all is well."""
+    problems = []
+    rounds = sorted(storage.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]"))
+    for rdir in rounds:
+        round_idx = int(rdir.name.split("-")[1])
+        for stage in ("generate", "score", "select"):
+            folder = rdir / storage.STAGE_FOLDERS[stage]
+            if not (folder / "manifest.json").exists():
+                continue
+            try:
+                storage.read_verified(folder, stage, round_idx)
+            except UserError as e:
+                problems.append(str(e))
+        model = rdir / storage.STAGE_FOLDERS["train"]
+        if (model / "manifest.json").exists() and not (model / "config.json").is_file():
+            problems.append(
+                f"{model} has a manifest but no config.json: rerun `raft-sft train --round {round_idx} --force`"
+            )
+    return problems
