@@ -28,10 +28,11 @@ help:
 	@echo "make report               HTML report with plots of every evaluated round (runs/<experiment>/report/)"
 	@echo "make baseline N=3         the same rounds with random_per_prompt selection (<experiment>_random)"
 	@echo "make ablation             K in {1,2,4,8}, each its own experiment, compared in runs/<experiment>_ablation_k/"
+	@echo "make sweep                the variants of GRID=, each its own experiment; reward-drift frontier page (resumes)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math]"
 	touch $@
 
 assets/.ready: $(VENV)/.installed raft_data/tools/assets.py
@@ -103,6 +104,17 @@ ablation: setup
 	done
 	$(VENV)/bin/raft-data report --config $(EXP) $(ARGS) --out runs/$(NAME)_ablation_k \
 		--compare $(foreach k,$(ABLATION_K),$(NAME)_k$(k))
+
+# Named variants of EXP (GRID: n_rounds and variants, each a list of section.key=value overrides), each its own
+# experiment <name>_<variant>; then held-out reward against KL per token and perplexity ratio in runs/<name>_sweep/.
+GRID ?= pipelines/sweeps/imdb_small.yaml
+.PHONY: sweep bench-eval
+
+sweep: setup
+	$(VENV)/bin/raft-data sweep --config $(EXP) --grid $(GRID) $(OVERRIDES)
+
+bench-eval: setup
+	$(PY) -m bench.eval
 # Looking at a round, and the selection benchmark.
 # make inspect ROUND=n [EXAMPLES=3];  make sql ROUND=n Q="select ..."
 EXAMPLES ?= 3
@@ -185,3 +197,8 @@ distill: setup
 
 bench-score: setup
 	$(PY) -m bench.score
+
+# Adaptive against uniform sampling on the arithmetic task (samples generated, correct samples accepted).
+.PHONY: bench-adaptive
+bench-adaptive: setup
+	$(PY) -m bench.adaptive

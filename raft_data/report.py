@@ -8,8 +8,9 @@ Run as:
 
 The page opens from disk (the PNGs are embedded as base64 and also written beside it). It shows the per-round
 metrics table, the reward per round (held-out greedy and sampled, all samples, best-of-K, selected), reward
-histograms per round, perplexity, diversity, KL and length per round, example held-out prompts with the base
-model's and the latest model's completions, and the latest round's kept and rejected samples.
+histograms per round, perplexity (and its ratio to the base model's), diversity, KL per sequence and per token,
+entropy per token and length per round, the rounds flagged for possible reward hacking, example held-out prompts
+with the base model's and the latest model's completions, and the latest round's kept and rejected samples.
 The per-round table is also printed as Markdown.
 """
 
@@ -40,14 +41,20 @@ TABLE_COLUMNS = [
     ("best-of-K", "reward_best_of_k", "{:.3f}"),
     ("selected", "reward_selected", "{:.3f}"),
     ("perplexity", "perplexity", "{:.2f}"),
+    ("ppl ratio", "ppl_ratio", "{:.2f}"),
     ("distinct-1", "distinct_1", "{:.3f}"),
     ("distinct-2", "distinct_2", "{:.3f}"),
     ("MSTTR", "msttr", "{:.3f}"),
-    ("KL", "kl", "{:.2f}"),
+    ("KL/seq", "kl", "{:.2f}"),
+    ("KL/token", "kl_per_token", "{:.3f}"),
+    ("entropy/token", "entropy", "{:.2f}"),
     ("tokens", "mean_tokens", "{:.1f}"),
     ("truncated", "truncation_rate", "{:.2f}"),
     ("wall s", "wall_time_s", "{:.0f}"),
 ]
+
+# A round is flagged when its perplexity of held-out reference text is more than this many times the base model's.
+PPL_RATIO_FLAG = 1.3
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading an experiment
@@ -80,6 +87,55 @@ def round_samples(rdir: Path) -> pa.Table:
         con.read_parquet([str(p) for p in storage.shard_files(rdir / storage.STAGE_FOLDERS[stage])]).create_view(view)
     sql = (METRICS_DIR / "kept_and_rejected.sql").read_text(encoding="utf-8")
     return con.sql(sql).to_arrow_table()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Reward-hacking flags: plain functions of the metric rows
+
+
+def _moves(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...], up: bool) -> list[str]:
+    """`key a -> b` for each of `keys` known on both sides that rose (`up`) or fell."""
+    out = []
+    for key in keys:
+        a, b = before.get(key), after.get(key)
+        if a is not None and b is not None and (b > a if up else b < a):
+            out.append(f"{key} {a:.3f} -> {b:.3f}")
+    return out
+
+
+def hacking_flags(rows: list[dict[str, Any]], ppl_ratio_max: float = PPL_RATIO_FLAG) -> list[tuple[str, str]]:
+    """(round label, reasons) for each round that looks like reward hacking, in round order:
+
+    - its training reward (reward_all or reward_selected) rose over the round before while the held-out second
+      reward (second_reward_sampled) or distinct-2 fell: the reward is bought with something it does not see;
+    - its ppl_ratio is above `ppl_ratio_max`: the model drifted from human text.
+
+    `rows` are `collect`'s (baseline first); only rounds are flagged, each compared with the row before it, and a
+    comparison is skipped when either side lacks the number."""
+    flags = []
+    for before, row in zip([None, *rows[:-1]], rows, strict=True):
+        if row.get("round") is None:
+            continue
+        m = row["metrics"]
+        reasons = []
+        if before is not None:
+            rose = _moves(before["metrics"], m, ("reward_all", "reward_selected"), up=True)
+            fell = _moves(before["metrics"], m, ("second_reward_sampled", "distinct_2"), up=False)
+            if rose and fell:
+                reasons.append(f"training reward rose ({', '.join(rose)}) while {', '.join(fell)}")
+        ratio = m.get("ppl_ratio")
+        if ratio is not None and ratio > ppl_ratio_max:
+            reasons.append(f"ppl_ratio {ratio:.2f} > {ppl_ratio_max:g}")
+        if reasons:
+            flags.append((row["label"], "; ".join(reasons)))
+    return flags
+
+
+def flags_html(flags: list[tuple[str, str]]) -> str:
+    if not flags:
+        return "<p>No round flagged.</p>"
+    items = "".join(f"<li>round {html.escape(label)}: {html.escape(reason)}</li>" for label, reason in flags)
+    return f"<ul>{items}</ul>"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -169,14 +225,16 @@ def plot_histograms(rows: list[dict[str, Any]]) -> bytes:
 def plot_quality(rows: list[dict[str, Any]]) -> bytes:
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6))
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6))
     panels = [
         ("Perplexity of held-out reference text", [("perplexity", "perplexity")]),
+        ("Perplexity / the base model's", [("ppl_ratio", "ppl ratio")]),
         (
             "Diversity of sampled completions",
             [("distinct_1", "distinct-1"), ("distinct_2", "distinct-2"), ("msttr", "MSTTR")],
         ),
-        ("KL estimate to the base model (nats)", [("kl", "mean log p - log p_base")]),
+        ("KL to the base model per sequence (nats)", [("kl", "mean log p - log p_base")]),
+        ("KL per completion token (nats); entropy per token", [("kl_per_token", "KL per token")]),
         ("Length of sampled completions", [("mean_tokens", "mean tokens")]),
     ]
     for ax, (title, series) in zip(axes.ravel(), panels, strict=True):
@@ -188,9 +246,16 @@ def plot_quality(rows: list[dict[str, Any]]) -> bytes:
         ax.set_title(title, fontsize=10)
         if len(series) > 1:
             ax.legend(fontsize=8)
+    axes[0, 1].axhline(PPL_RATIO_FLAG, color="tab:red", linestyle=":", linewidth=1)
+    xs, ys = _series(rows, "entropy")
+    if xs:  # the entropy of the next-token distribution is many times the KL per token: its own axis
+        twin = axes[1, 1].twinx()
+        twin.plot(xs, ys, "s--", color="tab:green")
+        twin.set_ylabel("entropy per token (nats)", color="tab:green")
+        twin.ticklabel_format(axis="y", useOffset=False)
     xs, ys = _series(rows, "truncation_rate")
     if xs:
-        twin = axes[1, 1].twinx()
+        twin = axes[1, 2].twinx()
         twin.plot(xs, ys, "s--", color="tab:red", label="truncation rate")
         twin.set_ylim(0, 1.05)
         twin.set_ylabel("truncation rate", color="tab:red")
@@ -284,6 +349,27 @@ def _img(name: str, png: bytes) -> str:
     return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
+def plot_pass_at_k(rows: list[dict[str, Any]]) -> bytes | None:
+    """Held-out pass@k against k, one curve per evaluated model (checkable answers); None without pass@k."""
+    import matplotlib.pyplot as plt
+
+    curves = [(r["label"], r["metrics"].get("pass_at_k") or {}) for r in rows]
+    curves = [(label, m) for label, m in curves if any(k.startswith("pass@") for k in m)]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, m in curves:
+        ks = sorted(int(k[5:]) for k in m if k.startswith("pass@"))
+        ax.plot(ks, [m[f"pass@{k}"] for k in ks], "o-", label="base" if label == "base" else f"round {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (samples per held-out prompt)")
+    ax.set_ylabel("pass@k (unbiased estimate)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Held-out pass@k per round")
+    ax.legend(fontsize=8, loc="best")
+    return _figure_png(fig)
+
+
 def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) -> Path:
     """Write `index.html` and its PNGs to `out_dir` (default `<experiment>/report/`); returns the HTML path."""
     import matplotlib
@@ -300,6 +386,10 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
         "histograms.png": plot_histograms(rows),
         "quality.png": plot_quality(rows),
     }
+    pass_png = plot_pass_at_k(rows)
+    if pass_png is not None:
+        pngs["pass_at_k.png"] = pass_png
+    pass_section = f"<h2>Held-out pass@k</h2>\n{_img('pass@k per round', pass_png)}" if pass_png is not None else ""
     for name, png in pngs.items():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / name).write_bytes(png)
@@ -315,7 +405,7 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="muted">{html.escape(str(storage.experiment_dir(cfg)))} &middot; reward {html.escape(cfg.score.reward)}
+<p class="muted">{html.escape(str(storage.experiment_dir(cfg)))} &middot; reward {html.escape(str(cfg.score.reward))}
 &middot; selection {html.escape(cfg.select.strategy)} &middot; K = {cfg.generate.n_samples}
 &middot; b = {cfg.prompts.n_prompts} &middot; mode {cfg.rounds.mode}, SFT from {cfg.rounds.sft_from}.
 Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} prompts never trained on;
@@ -324,10 +414,17 @@ Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} promp
 {metrics_html(rows)}
 <h2>Reward per round</h2>
 {_img("reward per round", pngs["reward.png"])}
+{pass_section}
 <h2>Reward histograms</h2>
 {_img("reward histograms", pngs["histograms.png"])}
-<h2>Perplexity, diversity, KL and length</h2>
+<h2>Perplexity, diversity, KL, entropy and length</h2>
+<p class="muted">KL/seq is per sampled completion; KL/token and entropy/token are per completion token (nats).
+ppl ratio is the perplexity of held-out reference text over the base model's.</p>
 {_img("perplexity and diversity", pngs["quality.png"])}
+<h2>Reward-hacking flags</h2>
+<p class="muted">A round is flagged when its training reward (all samples or selected) rose while the held-out
+second reward or distinct-2 fell, or when its ppl ratio is above {PPL_RATIO_FLAG:g}.</p>
+{flags_html(hacking_flags(rows))}
 <h2>Held-out examples: greedy completions</h2>
 {examples_html(rows, n_examples)}
 {kept}

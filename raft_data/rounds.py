@@ -11,6 +11,11 @@ base model every round); `rounds.sft_from` where each round's SFT starts (previo
 base: the base model, ReST-EM). With `rounds.patience` > 0 the run stops once held-out reward (sampled) has risen
 by less than `rounds.epsilon` over the round before, `patience` rounds in a row; the baseline counts as the round
 before round 0. One summary line is printed per round.
+
+The drift guard (`rounds.max_kl_per_token`, `rounds.max_ppl_ratio`) reads each round's eval: when a bound is crossed,
+`rounds.on_drift=stop` ends the run with one line naming the metric, its value, the bound, the round, and the last
+model within bounds; `rollback` goes on, and the next round samples from and fine-tunes that last model within
+bounds (`storage.policy_for_round` passes over drifted rounds). A rerun sees the same evals and decides the same.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from raft_data import storage
 from raft_data.config import Config
+from raft_data.errors import ConfigError
 from raft_data.stages.evaluate import evaluate, format_metrics
 from raft_data.stages.generate import generate
 from raft_data.stages.score import score
@@ -38,9 +44,22 @@ def should_stop(history: list[float], epsilon: float, patience: int) -> bool:
     return all(rise < epsilon for rise in rises)
 
 
+def last_good_model(cfg: Config, round_idx: int) -> str:
+    """The newest model before round_idx within the drift bounds: a round's model/ folder, or the base model."""
+    good = storage.last_good_round(cfg, round_idx - 1)
+    if good is None:
+        return f"the base model {cfg.model.name_or_path}"
+    return f"round {good}: {storage.round_dir(cfg, good) / storage.STAGE_FOLDERS['train']}"
+
+
 def run_rounds(cfg: Config, n_rounds: int, train: TrainFn) -> list[dict[str, Any]]:
     """Run rounds 0..n_rounds-1 (finished stages are skipped); returns each finished round's eval metrics.
     `train` is the SFT stage (`raft_sft.train.train`)."""
+    if cfg.rounds.max_ppl_ratio is not None and cfg.eval.reference_column is None:
+        raise ConfigError(
+            f"rounds.max_ppl_ratio={cfg.rounds.max_ppl_ratio!r} needs eval.reference_column: the perplexity ratio is "
+            "measured on held-out reference text"
+        )
     results: list[dict[str, Any]] = []
     history: list[float] = []
     for round_idx in range(n_rounds):
@@ -58,6 +77,19 @@ def run_rounds(cfg: Config, n_rounds: int, train: TrainFn) -> list[dict[str, Any
             f"round {round_idx}: {format_metrics(metrics)} | {storage.round_wall_time(cfg, round_idx):.0f}s",
             flush=True,
         )
+        crossed = storage.drift(cfg, metrics, round_idx)
+        if crossed and cfg.rounds.on_drift == "stop":
+            print(
+                f"rounds: stopping after round {round_idx}: {crossed}; last model within bounds: "
+                f"{last_good_model(cfg, round_idx)}",
+                flush=True,
+            )
+            break
+        if crossed:
+            print(
+                f"rounds: {crossed}: rolled back, round {round_idx + 1} starts from {last_good_model(cfg, round_idx)}",
+                flush=True,
+            )
         if should_stop(history, cfg.rounds.epsilon, cfg.rounds.patience):
             print(
                 f"rounds: stopping after round {round_idx}: held-out reward rose by less than "

@@ -20,7 +20,7 @@ from typing import Any
 
 from raft_data import storage
 from raft_data.config import Config
-from raft_data.errors import ConfigError, StageError
+from raft_data.errors import ConfigError, DataError, StageError
 
 
 def check_sft_section(cfg: Config) -> None:
@@ -100,6 +100,27 @@ def load_selected(files: list[Path]):
 
     ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     return ds.select_columns([c for c in ("prompt", "completion", "truncated") if c in ds.column_names])
+
+
+def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: dict, round_idx: int):
+    """The selected rows plus the round's replay rows (human reference text, `rounds.replay_fraction`) that the
+    select stage wrote beside them, checked against its manifest. Returns (dataset, example ids, replay rows)."""
+    from datasets import concatenate_datasets
+
+    replay = selected_manifest.get("replay")
+    if replay is None:
+        return dataset, ids, None
+    path = selected_dir / replay["file"]
+    if not path.is_file() or storage.file_sha256(path) != replay["sha256"]:
+        raise DataError(
+            f"{path} is missing or damaged (its checksum is not the one in manifest.json): rerun "
+            f"`raft-data select --round {round_idx} --force`"
+        )
+    if replay["rows"] == 0:
+        return dataset, ids, 0
+    rows = load_selected([path])
+    ids = ids + [f"{round_idx:04d}:replay:{p}" for p in load_dataset_column([path], "prompt_id")]
+    return concatenate_datasets([dataset, rows.cast(dataset.features)]), ids, len(rows)
 
 
 def tokenize_examples(dataset, tokenizer):
@@ -244,6 +265,11 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
     selected_dir = rdir / storage.STAGE_FOLDERS["select"]
     selected_manifest = storage.read_verified(selected_dir, "select", round_idx)
     check_sft_section(cfg)
+    if selected_manifest.get("format") == "pairs":
+        raise StageError(
+            f"{selected_dir} holds preference pairs (select.format=pairs): train them with TRL's DPOTrainer; "
+            "raft-sft train fine-tunes on prompt/completion rows"
+        )
     if selected_manifest["counts"].get("selected") == 0:
         raise StageError(empty_selection(round_idx, selected_manifest))
     start_path, start_id = storage.policy_for_round(cfg, round_idx, role="train")
@@ -267,6 +293,7 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
         files = storage.shard_files(selected_dir)
         dataset = load_selected(files)
         ids = [f"{round_idx:04d}:{p}" for p in load_dataset_column(files, "prompt_id")]
+        dataset, ids, n_replay = add_replay(dataset, ids, selected_dir, selected_manifest, round_idx)
         result, _, extra = fit(cfg, start_path, dataset, ids, tmp, state, record_examples)
         if not state.is_main_process:
             return {}
@@ -275,13 +302,19 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
             "train",
             round_idx,
             inputs={"selected": selected_manifest["config_hash"], "start_model": start_id},
-            counts={"examples": len(dataset), "steps": result.global_step, "processes": state.num_processes},
+            counts={
+                "examples": len(dataset),
+                **({"replay": n_replay} if n_replay is not None else {}),
+                "steps": result.global_step,
+                "processes": state.num_processes,
+            },
             extra={"start_model": start_path, "train_loss": result.training_loss, **extra},
             folder=tmp,
         )
         storage.publish_folder(folder)
         print(
-            f"train round {round_idx}: {len(dataset)} examples, {result.global_step} steps, "
+            f"train round {round_idx}: {len(dataset)} examples{f' ({n_replay} replay)' if n_replay else ''}, "
+            f"{result.global_step} steps, "
             f"loss {result.training_loss:.4f} -> {folder}"
         )
         return manifest

@@ -181,3 +181,35 @@ def test_missing_api_key_variable_is_a_config_error(tmp_path, prompts_file, fake
     cfg = api_config(tmp_path, prompts_file, base, api_key_env="NO_SUCH_KEY_VAR")
     with pytest.raises(ConfigError, match="NO_SUCH_KEY_VAR"):
         generate(cfg, 0)
+
+
+def test_stop_strings_are_sent_and_a_stopped_choice_is_not_truncated(tmp_path, prompts_file, fake_server):
+    """The request carries `stop`; a choice that finished on it (`finish_reason: "stop"`) is not truncated, and the
+    stop string a vLLM server names in `stop_reason` is put back at the end of the text."""
+    state, base = fake_server
+    answer = state.answer
+
+    def stopping(path: str, body: dict) -> dict:  # end the choices that did not hit max_tokens at the "|"
+        response = answer(path, body)
+        for choice in response["choices"]:
+            if choice["finish_reason"] == "stop":
+                choice["text"] = choice["text"].split("|")[0]
+                choice["stop_reason"] = "|" if choice["index"] == 1 else None  # choice 3: a server that does not say
+        return response
+
+    state.answer = stopping
+    cfg = api_config(tmp_path, prompts_file, base, n_samples=4, stop=["|", "\n"])
+
+    generate(cfg, 0)
+
+    assert all(body["stop"] == ["|", "\n"] for _, _, body in state.requests)
+    rows = [
+        r for f in storage.shard_files(storage.round_dir(cfg, 0) / "samples") for r in pq.read_table(f).to_pylist()
+    ]
+    assert len(rows) == 8 * 4
+    for r in rows:
+        full = f" [{r['prompt']}|{r['sample_idx']}]"
+        expected = {0: full, 1: f" [{r['prompt']}|", 2: full, 3: f" [{r['prompt']}"}[r["sample_idx"]]
+        assert r["completion"] == expected
+        assert r["truncated"] == (r["sample_idx"] % 2 == 0)
+        assert r["n_tokens"] == (5 if r["truncated"] else 2)

@@ -253,3 +253,22 @@ def test_openai_backend_on_vllm_server_survives_a_killed_server(tmp_path, vllm_t
         check_shards(chat)
     finally:
         kill_server(server)
+
+
+@pytest.mark.vllm
+@needs_vllm
+def test_vllm_stop_strings_end_samples_and_are_kept(tmp_path, vllm_tiny_model_dir, prompts_file):
+    """As in the transformers backend: the text ends with its first stop string, and such a sample is not
+    truncated. "e" is frequent in the tiny random model's text."""
+    stop = ["e", "!"]
+    gen = {"backend": "vllm", "n_samples": 3, "max_new_tokens": 8, "engine_kwargs": EAGER, "stop": stop}
+    cfg = make_config(tmp_path, vllm_tiny_model_dir, prompts_file, generate=gen)
+    run_stage(cfg, tmp_path)
+    rows = check_shards(cfg)
+    ended_on_stop = 0
+    for r in rows:
+        ends = [r["completion"].find(s) + len(s) for s in stop if s in r["completion"]]
+        if ends:
+            assert min(ends) == len(r["completion"]) and not r["truncated"]
+            ended_on_stop += 1
+    assert ended_on_stop >= len(rows) // 2

@@ -80,3 +80,164 @@ def test_perplexity_of_tiny_model_matches_hand_computation(tiny) -> None:
     assert perplexity(model, tokenizer, texts, batch_size=2) == pytest.approx(math.exp(-total / n), rel=1e-5)
     # batch size must not change the number
     assert perplexity(model, tokenizer, texts, batch_size=1) == pytest.approx(math.exp(-total / n), rel=1e-5)
+
+
+def _hand_entropy(model, ids: list[int], start: int) -> float:
+    """One sequence, no padding: sum over t >= start of the entropy of p(. | tokens_<t), in nats."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    total = 0.0
+    for t in range(max(start, 1), len(ids)):
+        logp = torch.log_softmax(logits[t - 1], dim=-1)
+        total += -(logp.exp() * logp).sum().item()
+    return total
+
+
+def test_sequence_logprobs_entropy_from_the_same_pass(tiny) -> None:
+    tokenizer, model = tiny
+    seqs = [tokenizer(t)["input_ids"] for t in ["A fine film.", "It was a long and very dull evening at the movies."]]
+    starts = [2, 4]
+    sums, counts, entropies = sequence_logprobs(model, seqs, starts, 2, tokenizer.pad_token_id, entropy=True)
+    plain_sums, plain_counts = sequence_logprobs(model, seqs, starts, 1, tokenizer.pad_token_id)
+    assert sums == pytest.approx(plain_sums, abs=1e-4) and counts == plain_counts
+    for e, c, ids, start in zip(entropies, counts, seqs, starts, strict=True):
+        assert e == pytest.approx(_hand_entropy(model, ids, start), rel=1e-4)
+        assert 0 < e / c <= math.log(len(tokenizer)) + 1e-6  # a per-token entropy is at most log(vocabulary)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# measure(): one load per model, the base perplexity read from the baseline, against a plain computation
+
+
+@pytest.fixture(scope="module")
+def other_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with every weight moved by seeded noise: a stand-in for a fine-tuned round."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator))
+    path = tmp_path_factory.mktemp("tiny-llama-moved")
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+def _plain_metrics(cfg, model_path: Path, base_path: Path, prompts: list[str], refs: list[str]) -> dict:
+    """The metrics the slow, obvious way: a fresh backend (its own load) per generation pass, fresh loads of the
+    model and the base model, one sequence at a time without padding, the base perplexity recomputed."""
+    import dataclasses
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from raft_data.backends import BACKENDS
+    from raft_data.stages.evaluate import eval_seed
+
+    max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
+    sample_cfg = dataclasses.replace(cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new)
+    seed, size = eval_seed(cfg.experiment.seed), sample_cfg.batch_size
+    out = {}
+    for kind, gen_cfg in (
+        ("greedy", dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)),
+        ("sampled", sample_cfg),
+    ):
+        sample = BACKENDS["transformers"](str(model_path), cfg.model, gen_cfg)
+        out[kind] = [
+            c for lo in range(0, len(prompts), size) for cs in sample(prompts[lo : lo + size], seed + lo) for c in cs
+        ]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_path).eval()
+    pairs = [(prompts[i // cfg.eval.n_samples], c) for i, c in enumerate(out["sampled"])]  # K per prompt, in order
+    logp, ref_logp, entropy, n_tokens = [], [], 0.0, 0
+    for prompt, c in pairs:
+        p_ids = tokenizer(prompt)["input_ids"]
+        eos = [] if c.truncated else [tokenizer.eos_token_id]
+        c_ids = tokenizer(c.text, add_special_tokens=False)["input_ids"] + eos
+        lp, n = _hand_logprob(model, p_ids + c_ids, len(p_ids))
+        logp.append(lp)
+        ref_logp.append(_hand_logprob(base, p_ids + c_ids, len(p_ids))[0])
+        entropy += _hand_entropy(model, p_ids + c_ids, len(p_ids))
+        n_tokens += n
+
+    def ppl(m) -> float:
+        scored = [_hand_logprob(m, tokenizer(t)["input_ids"], 1) for t in refs]
+        return math.exp(-sum(s for s, _ in scored) / sum(n for _, n in scored))
+
+    sampled_texts = [c.text for c in out["sampled"]]
+    return {
+        "completions": {k: [c.text for c in v] for k, v in out.items()},
+        "perplexity": ppl(model),
+        "ppl_ratio": ppl(model) / ppl(base),
+        "kl": sum(a - b for a, b in zip(logp, ref_logp, strict=True)) / len(logp),
+        "kl_per_token": sum(a - b for a, b in zip(logp, ref_logp, strict=True)) / n_tokens,
+        "entropy": entropy / n_tokens,
+        "distinct_2": distinct_n(sampled_texts, 2),
+        "mean_tokens": sum(c.n_tokens for c in out["sampled"]) / len(out["sampled"]),
+        "truncation_rate": sum(c.truncated for c in out["sampled"]) / len(out["sampled"]),
+    }
+
+
+def test_measure_matches_a_plain_computation(tmp_path: Path, tiny_model_dir: Path, other_model_dir: Path) -> None:
+    import pyarrow as pa
+
+    from raft_data.stages.evaluate import measure
+
+    from .conftest import REVIEW_OPENINGS, make_config
+
+    prompts = REVIEW_OPENINGS[:5]
+    refs = [f"{p} a film I will remember for a long time." for p in prompts]
+    table_in = pa.table({"prompt_id": [f"p{i}" for i in range(5)], "prompt": prompts, "reference": refs})
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        tmp_path / "unused.jsonl",
+        generate={"batch_size": 2, "max_new_tokens": 6},
+        eval={"n_prompts": 5, "n_samples": 2, "batch_size": 3},
+    )
+    _, base_m = measure(cfg, str(tiny_model_dir), True, table_in)
+    table, m = measure(cfg, str(other_model_dir), False, table_in)
+    _, cached_m = measure(cfg, str(other_model_dir), False, table_in, base_perplexity=base_m["perplexity"])
+    want = _plain_metrics(cfg, other_model_dir, tiny_model_dir, prompts, refs)
+
+    rows = table.to_pylist()
+    for kind in ("greedy", "sampled"):  # the shared load samples exactly what a backend of its own does
+        assert [r["completion"] for r in rows if r["kind"] == kind] == want["completions"][kind]
+    for key in ("perplexity", "ppl_ratio", "kl", "kl_per_token", "entropy", "distinct_2", "mean_tokens"):
+        # float32 sums of tens of tokens, batched and padded against one at a time: equal to about 1e-5
+        assert m[key] == pytest.approx(want[key], rel=1e-4, abs=1e-4), key
+        assert cached_m[key] == pytest.approx(m[key], rel=1e-6), key  # the baseline's perplexity, not recomputed
+    assert m["truncation_rate"] == pytest.approx(want["truncation_rate"])
+    assert m["kl"] != 0 and base_m["kl"] == 0.0 and base_m["kl_per_token"] == 0.0 and base_m["ppl_ratio"] == 1.0
+    assert base_m["entropy"] > 0
+
+
+def test_cached_base_perplexity_only_for_the_same_texts_and_model(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import dataclasses
+
+    import pyarrow as pa
+
+    from raft_data import storage
+    from raft_data.stages.evaluate import cached_base_perplexity, reference_digest
+
+    from .conftest import make_config
+
+    cfg = make_config(tmp_path, tiny_model_dir, tmp_path / "unused.jsonl")
+    prompts = pa.table({"prompt_id": ["a"], "prompt": ["The film"], "reference": ["The film is a delight."]})
+    assert cached_base_perplexity(cfg, prompts) is None  # no baseline yet
+    manifest = {
+        "metrics": {"perplexity": 123.0},
+        "reference_digest": reference_digest(cfg, ["The film is a delight."]),
+    }
+    storage.write_json(manifest, storage.baseline_dir(cfg) / "manifest.json")
+    assert cached_base_perplexity(cfg, prompts) == 123.0
+    other_texts = prompts.set_column(2, "reference", pa.array(["Another review."]))
+    assert cached_base_perplexity(cfg, other_texts) is None
+    other_dtype = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
+    assert cached_base_perplexity(other_dtype, prompts) is None
+    assert cached_base_perplexity(cfg, prompts.drop_columns(["reference"])) is None

@@ -210,3 +210,25 @@ def test_eval_uses_the_weighted_reward_the_score_stage_writes(tmp_path: Path, ti
         0.5 * v + 0.01 * n for v, n in zip(vader(prompts, completions), length(prompts, completions), strict=True)
     ]
     assert table["reward"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_drift_metrics_per_round_in_status_and_report(two_rounds: Config, tmp_path: Path) -> None:
+    from raft_data.tools.status import round_status
+
+    base = json.loads((baseline_dir(two_rounds) / "manifest.json").read_text())
+    assert base["reference_digest"]  # what lets each round reuse the base model's perplexity of these texts
+    b = base["metrics"]
+    assert b["ppl_ratio"] == 1.0 and b["kl_per_token"] == 0.0 and b["entropy"] > 0
+    for r in (0, 1):
+        m = json.loads((storage.round_dir(two_rounds, r) / "eval" / "manifest.json").read_text())["metrics"]
+        assert m["ppl_ratio"] == pytest.approx(m["perplexity"] / b["perplexity"])
+        assert m["entropy"] > 0 and m["mean_tokens"] > 0
+        # one sum of log-ratios, over sequences and over tokens: their ratio is the mean completion length
+        table = pq.read_table(storage.round_dir(two_rounds, r) / "eval" / "completions.parquet").to_pylist()
+        ratios = [row["logp"] - row["ref_logp"] for row in table if row["kind"] == "sampled"]
+        assert m["kl"] == pytest.approx(sum(ratios) / len(ratios))
+        assert 1 <= m["kl"] / m["kl_per_token"] <= two_rounds.generate.max_new_tokens + 1
+    status = "\n".join(round_status(two_rounds, 1))
+    assert "kl/token" in status and "ppl ratio" in status and "entropy/token" in status and "truncated" in status
+    page = write_report(two_rounds, tmp_path / "report").read_text(encoding="utf-8")
+    assert "Reward-hacking flags" in page and "KL/token" in page and "ppl ratio" in page

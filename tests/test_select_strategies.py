@@ -243,7 +243,9 @@ def test_select_config_errors(tmp_path: Path, field: str, value: object, message
 def test_unknown_strategy_lists_the_known_ones(tmp_path: Path) -> None:
     cfg = fake_config(tmp_path, strategy="best_of_all")
     write_round(cfg, 0, random_rows(random.Random(0), 0, 5, 3))
-    with pytest.raises(ConfigError, match="best_per_prompt, cumulative, global_top, random_per_prompt, threshold"):
+    with pytest.raises(
+        ConfigError, match="best_per_prompt, cumulative, distinct_correct, global_top, random_per_prompt, threshold"
+    ):
         select(cfg, 0)
 
 

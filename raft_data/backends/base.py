@@ -17,8 +17,8 @@ from raft_data.config import GenerateConfig, ModelConfig
 @dataclass
 class Completion:
     text: str
-    n_tokens: int  # generated tokens, the end-of-sequence token included
-    truncated: bool  # stopped by max_new_tokens
+    n_tokens: int  # generated tokens, the end-of-sequence token (or the one that completed a stop string) included
+    truncated: bool  # stopped by max_new_tokens, not by end-of-sequence or a stop string (generate.stop)
 
 
 SampleFn = Callable[[list[str], int], list[list[Completion]]]

@@ -1,6 +1,8 @@
 """The `openai` generation backend: K samples per prompt from any OpenAI-compatible server, standard library only.
 
-One request per prompt with `n=K`, so the server shares the prompt's prefill across the K samples. Requests run
+One request per prompt with `n=K`, so the server shares the prompt's prefill across the K samples. `generate.stop`
+is sent as the request's `stop`; the OpenAI API returns the text without the stop string, so where the server names
+the one that matched (vLLM's `stop_reason`) it is put back, as the other backends keep it. Requests run
 `generate.api_concurrency` at a time; 429, 5xx, timeouts and refused connections are retried with exponential
 backoff, any other 4xx stops the shard with a one-line error. A failed shard keeps no marker, so rerunning the stage
 (once the server is back) redoes exactly the unfinished shards.
@@ -82,6 +84,8 @@ def request_body(cfg: GenerateConfig, model: str, prompt: str, seed: int) -> dic
     }
     if cfg.top_k > 0:  # not part of the OpenAI API; vLLM and llama.cpp read it
         body["top_k"] = cfg.top_k
+    if cfg.stop:
+        body["stop"] = list(cfg.stop)
     if cfg.api_endpoint == "chat":
         body["messages"] = [{"role": "user", "content": prompt}]
         body["logprobs"] = True
@@ -170,5 +174,8 @@ def parse_choices(response: dict[str, Any], cfg: GenerateConfig, url: str) -> li
             n_tokens = round(usage / len(choices))
         else:
             raise BackendError(f"{url} returned neither logprobs nor usage, so token counts are unknown")
+        matched = choice.get("stop_reason")  # vLLM: the stop string that ended the choice (an int: a stop token)
+        if choice.get("finish_reason") == "stop" and isinstance(matched, str) and matched in cfg.stop:
+            text += matched
         out.append(Completion(text=text, n_tokens=n_tokens, truncated=choice.get("finish_reason") == "length"))
     return out

@@ -1,10 +1,15 @@
 """The `transformers` generation backend: batched, left-padded sampling with `generate`, with exactly the
 configured sampling settings (nothing from the model's own generation config leaks in).
+
+With `generate.stop`, a sample ends with the first stop string in its decoded text: the text is cut right after it
+(the stop string is kept, as vLLM's `include_stop_str_in_output`), `n_tokens` counts the tokens up to the one that
+completed it, and the row stops generating at that step.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 from raft_data.backends.base import Completion, SampleFn
 from raft_data.config import GenerateConfig, ModelConfig
@@ -20,13 +25,34 @@ def stop_token_ids(tokenizer, model) -> set[int]:
     return ids
 
 
+def stop_string_criteria(tokenizer, stop: list[str], n_prompt: int):
+    """A stopping criterion that ends each row once its decoded new tokens hold a stop string. It decodes exactly as
+    `_completion` does, so the row stops at the step whose token completes the stop string that cuts the text."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopStrings(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+            texts = tokenizer.batch_decode(input_ids[:, n_prompt:], skip_special_tokens=True)
+            done = [any(s in text for s in stop) for text in texts]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopStrings()])
+
+
 def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
     """Batched, left-padded sampling with `generate`, with exactly the configured sampling settings."""
+    tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, resolve_device(cfg.device))
+    return transformers_sampler(tokenizer, model, cfg)
+
+
+def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
+    """The same sampling from a tokenizer and model already loaded (eval samples and scores with one load). The
+    tokenizer is switched to left padding and the model's generation config replaced; nothing else changes."""
     import torch
     from transformers import GenerationConfig
 
-    device = resolve_device(cfg.device)
-    tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, device)
+    device = model.device
     tokenizer.padding_side = "left"
     stops = stop_token_ids(tokenizer, model)
     greedy = cfg.temperature == 0
@@ -46,6 +72,12 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
     model.generation_config = gen_cfg
     one_each = copy.deepcopy(gen_cfg)
     one_each.num_return_sequences = 1
+
+    def criteria(enc) -> dict:
+        """generate's `stopping_criteria` for this batch, when stop strings are configured."""
+        if not cfg.stop:
+            return {}
+        return {"stopping_criteria": stop_string_criteria(tokenizer, cfg.stop, enc["input_ids"].shape[1])}
 
     def shared_prefill_generate(enc) -> torch.Tensor:
         """Prefill each prompt once, copy its KV cache K ways, and let `generate` sample from there.
@@ -73,6 +105,7 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
             attention_mask=mask.repeat_interleave(k, 0),
             past_key_values=cache,
             generation_config=one_each,
+            **criteria(enc),
         )
 
     @torch.inference_mode()
@@ -87,22 +120,39 @@ def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateC
             elif greedy:
                 k = cfg.n_samples
                 repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
-                seqs = model.generate(**repeated, generation_config=gen_cfg)
+                seqs = model.generate(**repeated, generation_config=gen_cfg, **criteria(enc))
             else:
-                seqs = model.generate(**enc, generation_config=gen_cfg)
+                seqs = model.generate(**enc, generation_config=gen_cfg, **criteria(enc))
             new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
             for p in range(len(batch)):
-                out.append([_completion(tokenizer, new[p * cfg.n_samples + k], stops) for k in range(cfg.n_samples)])
+                row = [
+                    _completion(tokenizer, new[p * cfg.n_samples + k], stops, cfg.stop) for k in range(cfg.n_samples)
+                ]
+                out.append(row)
         return out
 
     return sample
 
 
-def _completion(tokenizer, ids: list[int], stops: set[int]) -> Completion:
+def _first_stop(text: str, stop: Sequence[str]) -> int | None:
+    """Where the text ends when cut after its first stop string (the one that ends earliest), or None."""
+    ends = [text.find(s) + len(s) for s in stop if s in text]
+    return min(ends) if ends else None
+
+
+def _completion(tokenizer, ids: list[int], stops: set[int], stop: Sequence[str] = ()) -> Completion:
+    """A row of new tokens as a Completion: cut at the first end-of-sequence token, then after the first stop
+    string. Padding after a row's end is dropped. Only a row that neither reached a stop nor EOS is truncated."""
     end = next((i for i, t in enumerate(ids) if t in stops), None)
     body = ids if end is None else ids[:end]
-    return Completion(
-        text=tokenizer.decode(body, skip_special_tokens=True),
-        n_tokens=len(ids) if end is None else end + 1,
-        truncated=end is None,
-    )
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cut = _first_stop(text, stop)
+    if cut is not None:
+        # the fewest tokens whose text holds a stop string: the token that completed it is the last one generated
+        n = next(
+            k
+            for k in range(1, len(body) + 1)
+            if _first_stop(tokenizer.decode(body[:k], skip_special_tokens=True), stop) is not None
+        )
+        return Completion(text=text[:cut], n_tokens=n, truncated=False)
+    return Completion(text=text, n_tokens=len(ids) if end is None else end + 1, truncated=end is None)

@@ -67,8 +67,10 @@ def platform_defaults() -> dict:
 
 
 def sampling_params(vllm, cfg: GenerateConfig, seed: int):
-    """Exactly the configured sampling settings; vLLM's top_k=0 means no top-k limit, as ours does."""
+    """Exactly the configured sampling settings; vLLM's top_k=0 means no top-k limit, as ours does. Stop strings
+    are kept in the text, as the transformers backend keeps them (a sample that ends on one is not truncated)."""
     greedy = cfg.temperature == 0
+    stop = {"stop": list(cfg.stop), "include_stop_str_in_output": True} if cfg.stop else {}
     return vllm.SamplingParams(
         n=cfg.n_samples,
         temperature=cfg.temperature,
@@ -76,4 +78,5 @@ def sampling_params(vllm, cfg: GenerateConfig, seed: int):
         top_k=0 if greedy else cfg.top_k,
         max_tokens=cfg.max_new_tokens,
         seed=seed,
+        **stop,
     )

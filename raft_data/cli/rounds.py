@@ -1,10 +1,12 @@
-"""`raft-data rounds | report`: many rounds in one command, and the HTML report of an experiment.
+"""`raft-data rounds | report | sweep`: many rounds in one command, the HTML report of an experiment, and a sweep of
+its variants with the reward-drift frontier.
 
 Run as:
     raft-data rounds 3 --config pipelines/imdb_positive.yaml
     raft-data report --config pipelines/imdb_positive.yaml
     raft-data report --config pipelines/imdb_positive.yaml --compare imdb_positive_k1 imdb_positive_k2 \\
         --out runs/ablation_k
+    raft-data sweep --config pipelines/imdb_positive.yaml --grid pipelines/sweeps/imdb_small.yaml
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from raft_data.cli.common import Parser, add_config_args, run_stage
 from raft_data.config import Config
 from raft_data.report import collect, compare_experiments, metrics_markdown, write_report
 from raft_data.rounds import run_rounds
+from raft_data.tools.sweep import load_grid, run_sweep, variant_configs, write_frontier
 from raft_sft.train import train
 
 
@@ -53,5 +56,29 @@ def report_command(argv: list[str] | None = None) -> None:
             path = write_report(cfg, args.out)
             print(metrics_markdown(collect(cfg)))
         print(f"report: {path.resolve()}")
+
+    run_stage(parser, argv, run)
+
+
+def sweep_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data sweep",
+        description="Run named variants of an experiment (each its own experiment, resuming where it stopped), then "
+        "write a frontier page: held-out reward against KL per token and against the perplexity ratio.",
+    )
+    add_config_args(parser, round_arg=False)
+    parser.add_argument("--grid", type=Path, required=True, help="YAML file: n_rounds and variants (name: overrides)")
+    parser.add_argument("--out", type=Path, default=None, help="page folder (default: <output_root>/<name>_sweep/)")
+    parser.add_argument("--no-run", action="store_true", help="only write the page from the rounds already finished")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        grid = load_grid(args.grid)
+        configs = variant_configs(args.config, args.overrides, grid)
+        if not args.no_run:
+            run_sweep(configs, grid.n_rounds, lambda variant, n: run_rounds(variant, n, train))
+        out = args.out or storage.experiment_dir(cfg).parent / f"{cfg.experiment.name}_sweep"
+        path = write_frontier(cfg.experiment.name, grid, configs, out)
+        print((path.parent / "variants.md").read_text(encoding="utf-8"), end="")
+        print(f"sweep: {path.resolve()}")
 
     run_stage(parser, argv, run)

@@ -17,6 +17,7 @@ from pathlib import Path
 from raft_data import storage
 from raft_data.cli.common import Parser, add_config_args, fail, guarded, parse, run_stage
 from raft_data.config import Config
+from raft_data.data.arithmetic import write_arithmetic
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
 from raft_data.tools.assets import fetch_assets
@@ -178,6 +179,16 @@ def reward_command(argv: list[str] | None = None) -> None:
     args = parse(parser, argv)
     value = guarded(look.one_reward, args.model, args.prompt, args.completion, args.label, args.chat_template)
     print(f"{value:.6f}")
+
+
+def arithmetic_command(argv: list[str] | None = None) -> None:
+    parser = Parser(prog="raft-data arithmetic", description="Write seeded arithmetic problems with their answers.")
+    parser.add_argument("--out", default="assets/arithmetic.jsonl", help="the jsonl file to write")
+    parser.add_argument("--n-per-level", type=int, default=400, help="problems per level (sum_1d has 100 at most)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parse(parser, argv)
+    n = guarded(write_arithmetic, Path(args.out), args.n_per_level, args.seed)
+    print(f"arithmetic: {n} problems -> {args.out}")
 
 
 def assets_command(argv: list[str] | None = None) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,13 @@ class PromptsConfig:
     split: str = "train"  # for a `datasets` id
     prompt_column: str = "prompt"
     id_column: str | None = None  # None: prompt_id is a hash of the prompt text
+    # checkable answers: the gold answer, and a difficulty level, carried into prompts.parquet, samples/ and eval
+    answer_column: str | None = None
+    level_column: str | None = None
+    levels: list[str] = field(default_factory=list)  # keep only prompts of these levels (empty: all)
+    # a curriculum over `levels`, listed easy to hard: round 0 draws from the first level; each later round draws
+    # from every level up to the first one whose pass@1 in the last round that sampled it is below this (None: off)
+    curriculum_threshold: float | None = None
     # how many per round, and what is kept aside
     n_prompts: int = 32  # b: prompts drawn per round (seed differs per round)
     heldout_fraction: float = 0.1  # share of the source never trained on, chosen by prompt_id hash
@@ -64,6 +72,19 @@ class PromptsConfig:
         _require(bool(self.path), "prompts.path", self.path, "a prompts file")
         _require(self.n_prompts >= 1, "prompts.n_prompts", self.n_prompts, ">= 1")
         _require(0.0 <= self.heldout_fraction < 1.0, "prompts.heldout_fraction", self.heldout_fraction, "in [0, 1)")
+        _require(
+            not self.levels or self.level_column is not None,
+            "prompts.levels",
+            self.levels,
+            "an empty list unless prompts.level_column names the levels",
+        )
+        _require(all(isinstance(v, str) for v in self.levels), "prompts.levels", self.levels, "a list of level names")
+        _require(
+            self.curriculum_threshold is None or (bool(self.levels) and 0 < self.curriculum_threshold <= 1),
+            "prompts.curriculum_threshold",
+            self.curriculum_threshold,
+            "in (0, 1], with prompts.levels listing the levels easy to hard",
+        )
 
 
 @dataclass
@@ -75,6 +96,9 @@ class GenerateConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 disables top-k (transformers would otherwise apply 50)
     max_new_tokens: int = 48
+    # stop strings, e.g. [". ", "!", "?", "\n"]: a sample ends with the first one it generates (kept in the text);
+    # empty: samples end only at end-of-sequence or max_new_tokens
+    stop: list[str] = field(default_factory=list)
     # execution
     batch_size: int = 16  # prompts per forward batch (each expanded K ways)
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
@@ -82,6 +106,11 @@ class GenerateConfig:
     shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
     executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
     ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # adaptive sampling (checkable answers): after the first pass of n_samples per prompt, further passes of
+    # n_samples each only for prompts with fewer than adaptive_target correct samples, up to adaptive_budget
+    # samples per prompt in all; 0 turns it off (uniform K)
+    adaptive_target: int = 0
+    adaptive_budget: int = 32
     # chat and length
     chat_template: bool = False  # render prompts (text, or a column of chat messages) with the tokenizer's template
     max_prompt_tokens: int | None = None  # None: the model's context minus max_new_tokens
@@ -109,6 +138,12 @@ class GenerateConfig:
         _require(0 < self.top_p <= 1, "generate.top_p", self.top_p, "in (0, 1]")
         _require(self.top_k >= 0, "generate.top_k", self.top_k, ">= 0")
         _require(self.max_new_tokens >= 1, "generate.max_new_tokens", self.max_new_tokens, ">= 1")
+        _require(
+            isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
+            "generate.stop",
+            self.stop,
+            'a list of non-empty strings, e.g. [". ", "\\n"]',
+        )
         _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
         _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
@@ -125,6 +160,25 @@ class GenerateConfig:
             "skip|truncate_left",
         )
         _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
+        _require(self.adaptive_target >= 0, "generate.adaptive_target", self.adaptive_target, ">= 0 (0: off)")
+        _require(
+            self.adaptive_target == 0 or self.adaptive_budget >= self.n_samples,
+            "generate.adaptive_budget",
+            self.adaptive_budget,
+            f">= generate.n_samples ({self.n_samples})",
+        )
+        _require(
+            self.adaptive_target == 0 or self.executor == "local",
+            "generate.executor",
+            self.executor,
+            "local with generate.adaptive_target (passes depend on the passes before)",
+        )
+        _require(
+            self.adaptive_target == 0 or not self.extra_sources,
+            "generate.adaptive_target",
+            self.adaptive_target,
+            "0 with generate.extra_sources (candidates from files are not sampled in passes)",
+        )
         self.extra_sources = [_extra_source(i, entry) for i, entry in enumerate(self.extra_sources)]
         names = [source["name"] for source in self.extra_sources]
         for name in names:
@@ -217,7 +271,7 @@ REWARD_COMPONENT_KEYS = {
     "max_length": "tokens the model reads, longer texts are cut (default 512)",
 }
 # Columns of scores/ that a component may not take as its name.
-RESERVED_SCORE_COLUMNS = ("prompt_id", "sample_idx", "reward", "reward_raw", "logp", "ref_logp")
+RESERVED_SCORE_COLUMNS = ("prompt_id", "sample_idx", "reward", "reward_raw", "logp", "ref_logp", "extracted")
 
 
 @dataclass
@@ -230,12 +284,34 @@ class ScoreConfig:
     # reward_raw; logp is log p_t(y|x) under the round's generator, ref_logp log p_0(y|x) under the base model
     beta: float = 0.0
     ref_model: str | None = None  # p_0; None: model.name_or_path
+    # checkable answers (the `correct` and `format` rewards, with prompts.answer_column): where the answer stands in
+    # a completion, and how it is compared with the gold answer; the extracted text is kept as `extracted`
+    extract: str = "last_number"  # last_number | boxed | answer_line | regex
+    extract_regex: str | None = None  # extract: regex: the last match's first group (or the whole match)
+    match: str = "numeric"  # exact (after normalising) | numeric (within tolerance; 1/2 = 0.5) | math_verify
+    tolerance: float = 1e-6  # numeric: |a - b| <= tolerance * max(1, |gold|)
     # execution, for reward models and log-probabilities
     batch_size: int = 16
     device: str = "auto"  # auto | cpu | cuda
 
     def __post_init__(self) -> None:
         _require(bool(self.reward), "score.reward", self.reward, "a reward name, module:function or a list")
+        extracts = ("last_number", "boxed", "answer_line", "regex")
+        _require(self.extract in extracts, "score.extract", self.extract, "|".join(extracts))
+        _require(
+            (self.extract == "regex") == (self.extract_regex is not None),
+            "score.extract_regex",
+            self.extract_regex,
+            "a pattern exactly when score.extract is regex",
+        )
+        if self.extract_regex is not None:
+            try:
+                re.compile(self.extract_regex)
+            except re.error as e:
+                raise ConfigError(f"score.extract_regex={self.extract_regex!r} is invalid: {e}") from None
+        matches = ("exact", "numeric", "math_verify")
+        _require(self.match in matches, "score.match", self.match, "|".join(matches))
+        _require(self.tolerance >= 0 and math.isfinite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
         _require(
             self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
         )
@@ -322,12 +398,17 @@ class SelectConfig:
     drop_duplicates: bool = False  # repeated completions of one prompt (the lowest sample_idx stays)
     drop_constant: bool = False  # prompts whose remaining samples all score the same
     min_margin: float = 0.0  # > 0: drop prompts whose best and second-best scores differ by less
+    # checkable answers: drop prompts whose pass rate (share of samples with correct = 1) is outside the band;
+    # min_pass_rate > 0 drops prompts no sample solved, max_pass_rate < 1 those every sample solved
+    min_pass_rate: float = 0.0
+    max_pass_rate: float = 1.0
     # the user's own SQL over the views samples, scores and candidates
     where: str | None = None  # a where clause on candidates before ranking, e.g. "n_tokens >= 8"
     qualify: str | None = None  # a qualify clause on candidates before ranking (window functions)
     sql_file: str | None = None  # a whole selection query; needs strategy: custom
     # output
-    format: str = "prompt_completion"  # prompt_completion | messages (conversational)
+    format: str = "prompt_completion"  # prompt_completion | messages (conversational) | pairs (DPO preferences)
+    pair_margin: float = 0.0  # pairs: chosen minus rejected rank_key must exceed this
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
@@ -336,6 +417,13 @@ class SelectConfig:
         _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
         _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
         _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        _require(0 <= self.min_pass_rate <= 1, "select.min_pass_rate", self.min_pass_rate, "in [0, 1]")
+        _require(
+            self.min_pass_rate <= self.max_pass_rate <= 1,
+            "select.max_pass_rate",
+            self.max_pass_rate,
+            "in [select.min_pass_rate, 1]",
+        )
         for key in ("where", "qualify", "sql_file"):
             value = getattr(self, key)
             _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
@@ -345,8 +433,16 @@ class SelectConfig:
             self.strategy,
             "custom together with select.sql_file (and sql_file only with strategy custom)",
         )
-        formats = ("prompt_completion", "messages")
+        _require(
+            math.isfinite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0"
+        )
+        formats = ("prompt_completion", "messages", "pairs")
         _require(self.format in formats, "select.format", self.format, "|".join(formats))
+
+    @property
+    def pass_band(self) -> bool:
+        """The pass-rate guard is on."""
+        return self.min_pass_rate > 0 or self.max_pass_rate < 1
 
 
 @dataclass
@@ -383,12 +479,30 @@ class RoundsConfig:
     # early stop: when held-out reward rises by less than epsilon for `patience` rounds in a row (0: never stop)
     epsilon: float = 0.0
     patience: int = 0
+    # replay: human reference text (the eval.reference_column of training-split prompts) added to each round's SFT
+    # data, replay_fraction x the selected rows
+    replay_fraction: float = 0.0
+    # drift guard, read from each round's eval (None: off): stop when a bound is crossed, or with on_drift: rollback
+    # skip the drifted round, so the next round starts from the last model within bounds
+    max_kl_per_token: float | None = None
+    max_ppl_ratio: float | None = None
+    on_drift: str = "stop"  # stop | rollback
 
     def __post_init__(self) -> None:
         _require(self.mode in ("online", "offline"), "rounds.mode", self.mode, "online|offline")
         _require(self.sft_from in ("previous", "base"), "rounds.sft_from", self.sft_from, "previous|base")
         _require(math.isfinite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
         _require(self.patience >= 0, "rounds.patience", self.patience, ">= 0")
+        _require(
+            math.isfinite(self.replay_fraction) and self.replay_fraction >= 0,
+            "rounds.replay_fraction",
+            self.replay_fraction,
+            ">= 0",
+        )
+        for key in ("max_kl_per_token", "max_ppl_ratio"):
+            value = getattr(self, key)
+            _require(value is None or math.isfinite(value), f"rounds.{key}", value, "a finite number, or null")
+        _require(self.on_drift in ("stop", "rollback"), "rounds.on_drift", self.on_drift, "stop|rollback")
 
 
 @dataclass

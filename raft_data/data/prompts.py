@@ -35,13 +35,17 @@ def _is_messages(value: object) -> bool:
 
 
 def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
-    """All prompts of the source as (prompt_id, prompt), in source order, deduplicated by prompt_id."""
+    """All prompts of the source as (prompt_id, prompt, answer, level), in source order, deduplicated by prompt_id.
+    `answer` and `level` are null unless prompts.answer_column / level_column name them."""
     path = Path(cfg.path)
-    columns = [cfg.prompt_column] + ([cfg.id_column] if cfg.id_column else [])
+    extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column) if c]
+    columns = list(dict.fromkeys([cfg.prompt_column, *extra]))
     data = read_columns(cfg.path, columns, cfg.split)
 
     ids: list[str] = []
     prompts: list[str] = []
+    answers: list[str | None] = []
+    levels: list[str | None] = []
     seen: dict[str, str] = {}
     for i, text in enumerate(data[cfg.prompt_column]):
         if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
@@ -55,12 +59,30 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
             if seen[pid] != text:
                 raise DataError(f"{path}: {cfg.id_column}={pid!r} names two different prompts (row {i})")
             continue
+        level = _text_cell(data, cfg.level_column, i, path, required=False)
+        if cfg.levels and level not in cfg.levels:
+            continue
         seen[pid] = text
         ids.append(pid)
         prompts.append(text)
+        answers.append(_text_cell(data, cfg.answer_column, i, path, required=True))
+        levels.append(level)
     if not ids:
-        raise DataError(f"{path}: no prompts in column {cfg.prompt_column!r} (the prompt set is empty)")
-    return pa.table({"prompt_id": ids, "prompt": prompts}, schema=schemas.PROMPTS)
+        only = f" of levels {cfg.levels}" if cfg.levels else ""
+        raise DataError(f"{path}: no prompts{only} in column {cfg.prompt_column!r} (the prompt set is empty)")
+    return pa.table({"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels}, schema=schemas.PROMPTS)
+
+
+def _text_cell(data: dict[str, list], column: str | None, i: int, path: Path, required: bool) -> str | None:
+    """Row i of an answer or level column as text (numbers are written as they read: 12, 0.5)."""
+    if column is None:
+        return None
+    value = data[column][i]
+    if value is None or isinstance(value, (dict, list)) or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise DataError(f"{path}: row {i} field {column!r} is {value!r}: every prompt needs an answer")
+        return None
+    return str(value).strip()
 
 
 def is_heldout(prompt_ids: list[str], fraction: float) -> np.ndarray:
@@ -81,9 +103,12 @@ def split_prompts(cfg: PromptsConfig) -> tuple[pa.Table, pa.Table]:
     return train, heldout
 
 
-def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int) -> pa.Table:
-    """The round's b prompts from the train pool, without replacement, seeded by (seed, round)."""
+def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int, levels: list[str] | None = None) -> pa.Table:
+    """The round's b prompts from the train pool (of `levels` only, when given), without replacement, seeded by
+    (seed, round)."""
     train, _ = split_prompts(cfg)
+    if levels is not None:
+        train = train.filter(pa.array([lv in levels for lv in train["level"].to_pylist()]))
     n = min(cfg.n_prompts, train.num_rows)
     rng = np.random.default_rng([seed, round_idx])
     idx = np.sort(rng.choice(train.num_rows, size=n, replace=False))

@@ -1,6 +1,6 @@
 """Teacher-forced log-probabilities under a causal language model: the one function that the score stage (the
-paper's KL-regularised rank key `r - beta * (log p_t(y|x) - log p_0(y|x))`), eval (KL to the base model) and
-perplexity of reference text all use.
+paper's KL-regularised rank key `r - beta * (log p_t(y|x) - log p_0(y|x))`), eval (KL to the base model, and
+the entropy of the next-token distribution from the same pass) and perplexity of reference text all use.
 
 A completion is read as the generator produced it: the prompt tokenized as `generate` tokenizes it, then the
 completion's tokens, then the end-of-sequence token when the sample ended on it (not truncated).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Literal, overload
 
 from raft_data.config import ModelConfig
 from raft_data.errors import DataError
@@ -18,18 +19,34 @@ from raft_data.models.loading import load_tokenizer_and_model
 LogprobFn = Callable[[list[str], list[str], list[bool]], list[float]]
 
 
+@overload
 def sequence_logprobs(
-    model, sequences: list[list[int]], starts: list[int], batch_size: int, pad_id: int
-) -> tuple[list[float], list[int]]:
+    model, sequences: list[list[int]], starts: list[int], batch_size: int, pad_id: int, entropy: Literal[False] = ...
+) -> tuple[list[float], list[int]]: ...
+
+
+@overload
+def sequence_logprobs(
+    model, sequences: list[list[int]], starts: list[int], batch_size: int, pad_id: int, entropy: Literal[True]
+) -> tuple[list[float], list[int], list[float]]: ...
+
+
+def sequence_logprobs(
+    model, sequences: list[list[int]], starts: list[int], batch_size: int, pad_id: int, entropy: bool = False
+) -> tuple[list[float], list[int]] | tuple[list[float], list[int], list[float]]:
     """For each token sequence, the summed log-probability of its tokens at positions >= start (each predicted
     from the tokens before it) and how many tokens that is. Batches are sorted by length and right-padded, and
-    padding is masked out, so a sequence's value does not depend on the batch it falls in."""
+    padding is masked out, so a sequence's value does not depend on the batch it falls in.
+
+    With `entropy=True` a third list holds, from the same forward pass, the summed entropy (nats) of the model's
+    whole next-token distribution at those positions: -sum_v p(v) log p(v), before any sampling settings."""
     import torch
 
     device = next(model.parameters()).device
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     sums: list[float] = [0.0] * len(sequences)
     counts: list[int] = [0] * len(sequences)
+    entropies: list[float] = [0.0] * len(sequences)
     for lo in range(0, len(order), batch_size):
         rows = order[lo : lo + batch_size]
         batch, batch_starts = [sequences[i] for i in rows], [starts[i] for i in rows]
@@ -41,13 +58,18 @@ def sequence_logprobs(
             mask[j, : len(s)] = 1
         with torch.inference_mode():
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device))[..., 0]
+        log_dist = torch.log_softmax(logits[:, :-1], dim=-1)
+        logp = log_dist.gather(-1, ids[:, 1:, None].to(device))[..., 0]
         positions = torch.arange(1, width)[None, :]
         wanted = (positions >= torch.tensor(batch_starts)[:, None].clamp(min=1)) & mask[:, 1:].bool()
         wanted = wanted.to(device)
         for i, total, n in zip(rows, (logp * wanted).sum(-1).tolist(), wanted.sum(-1).tolist(), strict=True):
             sums[i], counts[i] = total, n
-    return sums, counts
+        if entropy:
+            per_position = torch.special.entr(log_dist.exp()).sum(-1)  # -p log p, 0 where p = 0
+            for i, total in zip(rows, (per_position * wanted).sum(-1).tolist(), strict=True):
+                entropies[i] = total
+    return (sums, counts, entropies) if entropy else (sums, counts)
 
 
 def completion_token_ids(

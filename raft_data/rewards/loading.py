@@ -6,6 +6,7 @@ functions, Hugging Face sequence-classification reward models) whose weighted su
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,19 +15,22 @@ from typing import Any
 from raft_data.config import ScoreConfig, reward_component_name
 from raft_data.errors import ConfigError, DataError
 from raft_data.rewards.builtin import BUILTIN, RewardFn
+from raft_data.rewards.checkers import CHECKERS, checker_reward
 from raft_data.rewards.hf import hf_reward
 
 
-def load_reward(name: str) -> tuple[str, RewardFn]:
-    """(component name, callable) for a built-in name or `module:function`. Importing a module runs its code,
-    so only name modules you trust."""
+def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardFn]:
+    """(component name, callable) for a built-in name, a checker of answers (`correct`, `format`, configured by
+    `cfg`'s extract and match) or `module:function`. Importing a module runs its code, so only name modules you
+    trust."""
     if name in BUILTIN:
         return name, BUILTIN[name]
+    if name in CHECKERS:
+        return name, checker_reward(name, cfg or ScoreConfig())
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(
-            f"score.reward={name!r} is unknown: use one of {', '.join(BUILTIN)} or an importable module:function"
-        )
+        known = ", ".join([*BUILTIN, *CHECKERS])
+        raise ConfigError(f"score.reward={name!r} is unknown: use one of {known} or an importable module:function")
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
@@ -43,17 +47,29 @@ class RewardComponent:
     fn: RewardFn
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def needs_answers(self) -> bool:
+        """A reward that takes the gold answers: a third argument named `answers` (the checkers do)."""
+        return takes_answers(self.fn)
+
+
+def takes_answers(fn: Callable) -> bool:
+    try:
+        return "answers" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
 
 def load_components(cfg: ScoreConfig, device: str = "cpu") -> list[RewardComponent]:
     """The reward's components, each loaded once. A plain `score.reward` string is one component of weight 1."""
     if isinstance(cfg.reward, str):
-        name, fn = load_reward(cfg.reward)
+        name, fn = load_reward(cfg.reward, cfg)
         return [RewardComponent(name, 1.0, fn, {"ref": cfg.reward})]
     components = []
     for c in cfg.reward:
         name = reward_component_name(c)
         if c.get("ref"):
-            _, fn = load_reward(c["ref"])
+            _, fn = load_reward(c["ref"], cfg)
             info = {"ref": c["ref"]}
         else:
             fn = hf_reward(
@@ -72,13 +88,20 @@ def load_components(cfg: ScoreConfig, device: str = "cpu") -> list[RewardCompone
 
 
 def reward_values(
-    name: str, fn: RewardFn, prompts: list[str], completions: list[str], row: Callable[[int], str]
+    name: str,
+    fn: RewardFn,
+    prompts: list[str],
+    completions: list[str],
+    row: Callable[[int], str],
+    answers: list[str | None] | None = None,
 ) -> list[float]:
     """Call a reward and check what it returns: one finite number per completion. A reward that raises, or returns
     anything else, is a DataError naming the reward, the first bad row (`row(i)` describes row i) and the value;
     the reward's own exception is kept as the cause (shown with `--debug`)."""
+    if takes_answers(fn) and (answers is None or all(a is None for a in answers)):
+        raise ConfigError(f"reward {name!r} checks answers: set prompts.answer_column to the gold answers' column")
     try:
-        values = fn(prompts, completions)
+        values = fn(prompts, completions, answers) if takes_answers(fn) else fn(prompts, completions)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise DataError(f"reward {name!r} raised {type(e).__name__}({first!r}) on the batch from {row(0)}") from e
@@ -112,14 +135,15 @@ def combine(components: list[RewardComponent], values: dict[str, list[float]]) -
 
 def configured_reward(cfg: ScoreConfig, device: str = "cpu") -> RewardFn:
     """The configured reward (`score.reward`, a name or a list of weighted components) as one function of
-    (prompts, completions): the weighted sum the score stage writes as `reward`."""
+    (prompts, completions[, answers]): the weighted sum the score stage writes as `reward`. `answers` (the gold
+    answers) is needed when a component checks answers."""
     components = load_components(cfg, device)
 
-    def reward(prompts: list[str], completions: list[str]) -> list[float]:
+    def reward(prompts: list[str], completions: list[str], answers: list[str | None] | None = None) -> list[float]:
         def row(i: int) -> str:
             return f"completion {i} ({prompts[i][:40]!r} ...)"
 
-        values = {c.name: reward_values(c.name, c.fn, prompts, completions, row) for c in components}
+        values = {c.name: reward_values(c.name, c.fn, prompts, completions, row, answers) for c in components}
         return combine(components, values)
 
     return reward

@@ -40,6 +40,7 @@ GUARDS = {
     "drop_duplicates": "duplicate",
     "drop_constant": "constant",
     "min_margin": "margin",
+    "pass_band": "pass_band",
 }
 USER_FILTER = "where/qualify"  # how rows dropped by the user's clauses are counted
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
@@ -86,6 +87,9 @@ def select_params(cfg: Config, round_idx: int) -> dict[str, Any]:
         "drop_duplicates": s.drop_duplicates,
         "drop_constant": s.drop_constant,
         "min_margin": s.min_margin,
+        "min_pass_rate": s.min_pass_rate,
+        "max_pass_rate": s.max_pass_rate,
+        "pair_margin": s.pair_margin,
     }
 
 
@@ -151,10 +155,21 @@ def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckd
         sample_files += storage.shard_files(rdir / storage.STAGE_FOLDERS["generate"])
         score_files += storage.shard_files(rdir / storage.STAGE_FOLDERS["score"])
     con = duckdb.connect(config={"threads": threads} if threads else {})
-    con.read_parquet([str(p) for p in sample_files]).create_view("raw_samples")
+    con.read_parquet([str(p) for p in sample_files], union_by_name=True).create_view("sample_files")
     # scores shards carry no round column: pool.sql reads it from the file name
-    con.read_parquet([str(p) for p in score_files], filename=True, union_by_name=True).create_view("raw_scores")
+    con.read_parquet([str(p) for p in score_files], filename=True, union_by_name=True).create_view("score_files")
+    # Columns that only checkable-answer rounds have (and rounds written before they existed lack) read as null, so
+    # one set of views serves every round.
+    with_columns(con, "sample_files", "raw_samples", {"answer": "varchar", "level": "varchar"})
+    with_columns(con, "score_files", "raw_scores", {"correct": "double", "extracted": "varchar"})
     return con
+
+
+def with_columns(con: duckdb.DuckDBPyConnection, source: str, view: str, columns: dict[str, str]) -> None:
+    """`view`: every column of `source`, plus each of `columns` it lacks, as nulls of the given type."""
+    have = {row[0] for row in con.execute(f"describe {source}").fetchall()}  # names of our own views, not input
+    missing = ", ".join(f"null::{kind} as {name}" for name, kind in columns.items() if name not in have)
+    con.execute(f"create or replace temp view {view} as select *{', ' + missing if missing else ''} from {source}")
 
 
 def check_rank_by(con: duckdb.DuckDBPyConnection, rank_by: str) -> None:
@@ -204,7 +219,9 @@ def define_views(con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int) ->
 
 def guards_enabled(cfg: Config) -> bool:
     s = cfg.select
-    return bool(s.drop_truncated or s.drop_empty or s.drop_duplicates or s.drop_constant or s.min_margin > 0)
+    return bool(
+        s.drop_truncated or s.drop_empty or s.drop_duplicates or s.drop_constant or s.min_margin > 0 or s.pass_band
+    )
 
 
 def dropped_counts(con: duckdb.DuckDBPyConnection, cfg: Config) -> dict[str, int]:
@@ -264,7 +281,7 @@ def check_selected(
             raise DataError(f"{where}: the selection repeats a prompt_id ({n_rows} rows, {c['n_prompts']} prompts)")
         if n_rows != c["n_candidate_prompts"]:
             raise DataError(f"{where}: {n_rows} rows for {c['n_candidate_prompts']} prompts with candidates")
-    if strategy == "top_n_per_prompt" and c["max_per_prompt"] > cfg.select.n:
+    if strategy in ("top_n_per_prompt", "distinct_correct") and c["max_per_prompt"] > cfg.select.n:
         raise DataError(f"{where}: a prompt has {c['max_per_prompt']} rows, more than select.n={cfg.select.n}")
     if strategy == "global_top" and n_rows != math.ceil(round(params["alpha"] * c["n_candidates"], 9)):
         raise DataError(f"{where}: {n_rows} rows, expected alpha={params['alpha']} of {c['n_candidates']}")
@@ -274,6 +291,23 @@ def check_selected(
         "selected": n_rows,
         "selected_prompts": c["n_prompts"],
     }
+
+
+def check_pairs(con: duckdb.DuckDBPyConnection, table: pa.Table, cfg: Config, where: str) -> dict[str, int]:
+    """Data tests on preference pairs: one per prompt at most, from candidates, chosen above rejected."""
+    ids = table["prompt_id"].to_pylist()
+    if len(set(ids)) != len(ids) or None in ids:
+        raise DataError(f"{where}: the pairs repeat a prompt_id or have a null one")
+    chosen, rejected = table["chosen_reward"].to_pylist(), table["rejected_reward"].to_pylist()
+    low = [pid for pid, c, r in zip(ids, chosen, rejected, strict=True) if not c > r]
+    if low and cfg.select.rank_by == "reward":
+        raise DataError(f"{where}: prompt_id={low[0]} has a chosen reward not above the rejected one")
+    n_samples, n_candidates, n_prompts = fetch_row(
+        con,
+        "select (select count(*) from raw_samples), (select count(*) from candidates), "
+        "(select count(distinct prompt_id) from candidates)",
+    )
+    return {"samples": n_samples, "candidates": n_candidates, "pairs": table.num_rows, "candidate_prompts": n_prompts}
 
 
 def as_messages(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:

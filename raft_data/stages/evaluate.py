@@ -13,10 +13,17 @@ and log-probabilities) and `manifest.json` (written last) whose `metrics` hold:
 - reward_all, reward_best_of_k, reward_selected: mean reward of the round's own samples, of the best of K per
   prompt, and of the selected set (null for the baseline);
 - perplexity: of held-out reference text (the column eval.reference_column of the prompts source);
+  ppl_ratio: that perplexity over the base model's (1.0 for the baseline; the base value is read from the
+  baseline manifest when it measured the same texts, else computed);
 - distinct_1, distinct_2, msttr: diversity of the sampled completions (lower-cased whitespace words);
 - mean_tokens, truncation_rate: length of the sampled completions, share stopped by max_new_tokens;
 - kl: mean over sampled completions of log p_model(y|x) - log p_base(y|x), a Monte-Carlo estimate of
-  KL(model || base) (exact in expectation at temperature 1, top_p 1, top_k 0).
+  KL(model || base) per sequence (exact in expectation at temperature 1, top_p 1, top_k 0);
+  kl_per_token: the same sum divided by the completion tokens scored (so a shorter completion is not "closer");
+- entropy: mean entropy (nats per token) of the model's next-token distribution at the sampled completions'
+  positions, from the same forward pass as their log-probabilities: it falls when the model collapses.
+
+The evaluated model is loaded once for both generation passes and its log-probabilities (transformers backend).
 
 Before round 0's eval, the base model is evaluated the same way into `<experiment>/baseline/eval/`: the
 baseline row every round is compared with.
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +46,14 @@ from tqdm.auto import tqdm
 from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
+from raft_data.backends.transformers import transformers_sampler
 from raft_data.config import Config
+from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts
 from raft_data.errors import ConfigError
-from raft_data.models.loading import load_tokenizer_and_model, resolve_device
+from raft_data.models.loading import load_tokenizer, load_tokenizer_and_model, resolve_device
 from raft_data.models.logprobs import completion_token_ids, perplexity, sequence_logprobs
+from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
 from raft_data.rewards.loading import configured_reward, load_reward, reward_values
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
@@ -100,23 +112,67 @@ def eval_seed(seed: int) -> int:
 # The stage.
 
 
-def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
-    """Generate greedy and sampled completions with `model_path` and compute every model-side metric."""
+def chat_texts(cfg: Config, model_path: str, ids: list[str], texts: list[str]) -> list[str]:
+    """The prompts through the model's chat template when generate.chat_template is on (as the generate stage
+    renders them), else as they are."""
+    if not cfg.generate.chat_template:
+        return texts
+    tokenizer = load_tokenizer(model_path, cfg.model)
+    formatted = format_prompts(ids, texts, tokenizer, replace(cfg.generate, max_prompt_tokens=None), None)
+    return [t if t is not None else p for t, p in zip(formatted.texts, texts, strict=True)]
+
+
+def reference_digest(cfg: Config, references: list[str]) -> str:
+    """What the base model's perplexity of reference texts depends on: the texts, the base model and its dtype."""
+    key = {"model": cfg.model.name_or_path, "dtype": cfg.model.dtype, "texts": references}
+    return hashlib.sha256(json.dumps(key, ensure_ascii=False).encode()).hexdigest()
+
+
+def cached_base_perplexity(cfg: Config, prompts: pa.Table) -> float | None:
+    """The base model's perplexity of these prompts' reference texts from the baseline manifest, when the baseline
+    measured the same texts with the same model; None otherwise (then `measure` computes it)."""
+    path = storage.baseline_dir(cfg) / "manifest.json"
+    if "reference" not in prompts.column_names or not path.exists():
+        return None
+    manifest = storage.read_json(path)
+    if manifest.get("reference_digest") != reference_digest(cfg, prompts["reference"].to_pylist()):
+        return None
+    return (manifest.get("metrics") or {}).get("perplexity")
+
+
+def measure(
+    cfg: Config, model_path: str, is_base: bool, prompts: pa.Table, base_perplexity: float | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Generate greedy and sampled completions with `model_path` and compute every model-side metric.
+    `base_perplexity` is the base model's perplexity of the reference texts when already known (a round's
+    eval reads it from the baseline); without it, a round's eval computes it with the base model."""
     reward_fn = configured_reward(cfg.score, resolve_device(cfg.score.device))
     second_fn = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
     texts, ids = prompts["prompt"].to_pylist(), prompts["prompt_id"].to_pylist()
+    gold = dict(zip(ids, prompts["answer"].to_pylist(), strict=True)) if "answer" in prompts.column_names else {}
+    model_texts = chat_texts(cfg, model_path, ids, texts)  # what the model is conditioned on, as in generate
     seed = eval_seed(cfg.experiment.seed)
     sample_cfg = dataclasses.replace(cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new)
     greedy_cfg = dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)
 
+    # The transformers backend samples from the one load of the model that also scores its completions below;
+    # other backends run their own engine, and the model is loaded for log-probabilities only after them.
+    device = resolve_device(cfg.generate.device)
+    tokenizer = model = None
+    if cfg.generate.backend == "transformers":
+        tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
+
     rows: dict[str, list] = {name: [] for name in schemas.EVAL_COMPLETIONS.names}
     completions: list[Completion] = []
     for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg)):
-        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
+        if model is not None:
+            sample = transformers_sampler(tokenizer, model, gen_cfg)
+        else:
+            sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
         outs: list[list[Completion]] = []
         for lo in tqdm(range(0, len(texts), gen_cfg.batch_size), desc=f"eval {kind}", unit="batch"):
-            outs += sample(texts[lo : lo + gen_cfg.batch_size], seed + lo)
+            outs += sample(model_texts[lo : lo + gen_cfg.batch_size], seed + lo)
         del sample
         for pid, prompt, comps in zip(ids, texts, outs, strict=True):
             for k, c in enumerate(comps):
@@ -132,33 +188,38 @@ def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> t
     def row(i: int) -> str:
         return f"held-out prompt_id={rows['prompt_id'][i]} ({rows['kind'][i]} completion {rows['sample_idx'][i]})"
 
-    rows["reward"] = reward_fn(rows["prompt"], rows["completion"])
+    rows["reward"] = reward_fn(rows["prompt"], rows["completion"], [gold.get(p) for p in rows["prompt_id"]])
     rows["second_reward"] = (
         reward_values(cfg.eval.second_reward, second_fn, rows["prompt"], rows["completion"], row)
         if second_fn
         else [None] * len(completions)
     )
 
-    # log-probabilities of the sampled completions under the model and the base model: the KL estimate
+    # Log-probabilities of the sampled completions (conditioned on the prompt text the model saw) under the model
+    # and the base model: the KL estimate; the model's next-token entropy comes from the same forward pass.
     sampled = [i for i, kind in enumerate(rows["kind"]) if kind == "sampled"]
-    device = resolve_device(cfg.generate.device)
-    tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
+    if model is None:
+        tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
+    conditioned = dict(zip(ids, model_texts, strict=True))
     seqs, starts = completion_token_ids(
         tokenizer,
-        [rows["prompt"][i] for i in sampled],
+        [conditioned[rows["prompt_id"][i]] for i in sampled],
         [completions[i].text for i in sampled],
         [not completions[i].truncated for i in sampled],
     )
-    logp, _ = sequence_logprobs(model, seqs, starts, cfg.eval.batch_size, tokenizer.pad_token_id)
-    ppl = None
-    if "reference" in prompts.column_names:
-        ppl = perplexity(model, tokenizer, prompts["reference"].to_pylist(), cfg.eval.batch_size)
+    batch, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
+    logp, n_scored, entropies = sequence_logprobs(model, seqs, starts, batch, pad_id, entropy=True)
+    references = prompts["reference"].to_pylist() if "reference" in prompts.column_names else None
+    ppl = perplexity(model, tokenizer, references, batch) if references is not None else None
     if is_base:
-        ref_logp = logp
+        ref_logp, base_ppl = logp, ppl
     else:
         del model
         _, base = load_tokenizer_and_model(cfg.model.name_or_path, cfg.model, device)
-        ref_logp, _ = sequence_logprobs(base, seqs, starts, cfg.eval.batch_size, tokenizer.pad_token_id)
+        ref_logp, _ = sequence_logprobs(base, seqs, starts, batch, pad_id)
+        base_ppl = base_perplexity
+        if references is not None and base_ppl is None:
+            base_ppl = perplexity(base, tokenizer, references, batch)
         del base
     rows["logp"] = [None] * len(completions)
     rows["ref_logp"] = [None] * len(completions)
@@ -171,6 +232,7 @@ def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> t
 
     greedy = [i for i, kind in enumerate(rows["kind"]) if kind == "greedy"]
     sampled_texts = [rows["completion"][i] for i in sampled]
+    log_ratios = [a - b for a, b in zip(logp, ref_logp, strict=True)]
     metrics = {
         "reward_greedy": mean([rows["reward"][i] for i in greedy]),
         "reward_sampled": mean([rows["reward"][i] for i in sampled]),
@@ -182,27 +244,41 @@ def measure(cfg: Config, model_path: str, is_base: bool, prompts: pa.Table) -> t
         "msttr": msttr(sampled_texts),
         "mean_tokens": mean([rows["n_tokens"][i] for i in sampled]),
         "truncation_rate": mean([float(rows["truncated"][i]) for i in sampled]),
-        "kl": mean([a - b for a, b in zip(logp, ref_logp, strict=True)]),
+        "kl": mean(log_ratios),
+        "kl_per_token": sum(log_ratios) / sum(n_scored) if sum(n_scored) else None,
+        "ppl_ratio": ppl / base_ppl if ppl is not None and base_ppl else None,
+        "entropy": sum(entropies) / sum(n_scored) if sum(n_scored) else None,
     }
+    if gold and uses_checker(cfg):
+        levels = dict(zip(ids, prompts["level"].to_pylist(), strict=True)) if "level" in prompts.column_names else {}
+        metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels)
     return table, metrics
 
 
-def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> dict:
-    """Evaluate round `round_idx`'s fine-tuned model, or the base model when `round_idx` is None (the baseline)."""
-    if cfg.generate.backend not in BACKENDS:
-        raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
-    if round_idx is None:
-        folder, lock_dir, manifest_round = storage.baseline_dir(cfg), storage.baseline_dir(cfg).parent, 0
-        model_path, model_id, data_rdir = cfg.model.name_or_path, f"base:{cfg.model.name_or_path}", None
-    else:
-        rdir = storage.round_dir(cfg, round_idx)
-        folder, lock_dir, manifest_round, data_rdir = rdir / storage.STAGE_FOLDERS["eval"], rdir, round_idx, rdir
-        model_dir = rdir / storage.STAGE_FOLDERS["train"]
-        model_manifest = storage.read_manifest(model_dir, "train", round_idx)
-        storage.read_verified(rdir / storage.STAGE_FOLDERS["select"], "select", round_idx)
-        storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", round_idx)
-        model_path, model_id = str(model_dir), f"round-{round_idx:04d}:{model_manifest['config_hash']}"
-    stage_cfg = {
+def uses_checker(cfg: Config) -> bool:
+    """The reward has a `correct` component: held-out pass@k is measured too."""
+    reward = cfg.score.reward
+    return reward == "correct" or (isinstance(reward, list) and any(c.get("ref") == "correct" for c in reward))
+
+
+def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict) -> dict:
+    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker), by level."""
+    completions = [rows["completion"][i] for i in sampled]
+    ids = [rows["prompt_id"][i] for i in sampled]
+    flags = checker_reward("correct", cfg.score)([], completions, [gold[p] for p in ids])
+    found = [extractor(cfg.score)(c) for c in completions]
+    return pass_metrics(
+        [
+            {"prompt_id": p, "level": levels.get(p), "correct": ok == 1.0, "extracted": e}
+            for p, ok, e in zip(ids, flags, found, strict=True)
+        ]
+    )
+
+
+def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict[str, Any]:
+    """What an eval's config hash covers. It names the evaluated model but not the experiment, so two
+    experiments whose baselines have the same hash measured the same thing."""
+    return {
         "eval": cfg.eval.__dict__,
         "model": {**cfg.model.__dict__, "evaluated": model_id},
         "prompts": cfg.prompts.__dict__,
@@ -211,18 +287,45 @@ def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> d
         "seed": cfg.experiment.seed,
         "round": "baseline" if round_idx is None else round_idx,
     }
+
+
+def baseline_model_id(cfg: Config) -> str:
+    """How an eval names the base model it measured."""
+    return f"base:{cfg.model.name_or_path}"
+
+
+def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> dict:
+    """Evaluate round `round_idx`'s fine-tuned model, or the base model when `round_idx` is None (the baseline)."""
+    if cfg.generate.backend not in BACKENDS:
+        raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
+    if round_idx is None:
+        folder, lock_dir, manifest_round = storage.baseline_dir(cfg), storage.baseline_dir(cfg).parent, 0
+        model_path, model_id, data_rdir = cfg.model.name_or_path, baseline_model_id(cfg), None
+    else:
+        rdir = storage.round_dir(cfg, round_idx)
+        folder, lock_dir, manifest_round, data_rdir = rdir / storage.STAGE_FOLDERS["eval"], rdir, round_idx, rdir
+        model_dir = rdir / storage.STAGE_FOLDERS["train"]
+        model_manifest = storage.read_manifest(model_dir, "train", round_idx)
+        storage.read_verified(rdir / storage.STAGE_FOLDERS["select"], "select", round_idx)
+        storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", round_idx)
+        model_path, model_id = str(model_dir), f"round-{round_idx:04d}:{model_manifest['config_hash']}"
+    stage_cfg = eval_stage_config(cfg, model_id, round_idx)
     label = "baseline" if round_idx is None else f"round {round_idx}"
     with storage.stage("eval", folder, stage_cfg, manifest_round, force, in_place=False, lock_dir=lock_dir) as run:
         if run.done:
             return run.manifest
         prompts = eval_prompts(cfg)
-        table, metrics = measure(cfg, model_path, round_idx is None, prompts)
+        cached = None if round_idx is None else cached_base_perplexity(cfg, prompts)
+        table, metrics = measure(cfg, model_path, round_idx is None, prompts, base_perplexity=cached)
         data = round_rewards(data_rdir) if data_rdir is not None else {}
         metrics |= {
             "reward_all": data.get("reward_all"),
             "reward_best_of_k": data.get("reward_best_of_k"),
             "reward_selected": data.get("reward_selected"),
         }
+        extra = {"evaluated": label, "model_path": model_path, "metrics": metrics}
+        if "reference" in prompts.column_names:  # lets each round reuse the baseline's perplexity of these texts
+            extra["reference_digest"] = reference_digest(cfg, prompts["reference"].to_pylist())
         tmp = storage.tmp_folder(folder)
         storage.write_parquet(table, tmp / "completions.parquet", schemas.EVAL_COMPLETIONS)
         manifest = storage.finish_stage(
@@ -231,7 +334,7 @@ def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> d
             manifest_round,
             inputs={"model": model_id, "prompts": cfg.prompts.path},
             counts={"prompts": prompts.num_rows, "completions": table.num_rows},
-            extra={"evaluated": label, "model_path": model_path, "metrics": metrics},
+            extra=extra,
             folder=tmp,
         )
         storage.publish_folder(folder)
@@ -256,7 +359,16 @@ def format_metrics(m: dict[str, Any]) -> str:
         ("best-of-K", "reward_best_of_k", "{:.3f}"),
         ("selected", "reward_selected", "{:.3f}"),
         ("ppl", "perplexity", "{:.1f}"),
+        ("ppl ratio", "ppl_ratio", "{:.2f}"),
         ("distinct-2", "distinct_2", "{:.3f}"),
         ("kl", "kl", "{:.2f}"),
+        ("kl/token", "kl_per_token", "{:.3f}"),
+        ("entropy/token", "entropy", "{:.2f}"),
+        ("truncated", "truncation_rate", "{:.2f}"),
     ]
-    return " | ".join(f"{name} {fmt.format(m[key])}" for name, key, fmt in parts if m.get(key) is not None)
+    line = " | ".join(f"{name} {fmt.format(m[key])}" for name, key, fmt in parts if m.get(key) is not None)
+    passes = m.get("pass_at_k") or {}
+    ks = [k for k in passes if k.startswith(("pass@", "maj@"))]
+    if ks:  # held-out pass@1 and the largest k, and majority voting
+        line += " | " + " ".join(f"{k} {passes[k]:.3f}" for k in dict.fromkeys([ks[0], *ks[-2:]]))
+    return line

@@ -34,6 +34,7 @@ from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
 from raft_data.errors import ConfigError, StageError
 from raft_data.models.loading import load_tokenizer
+from raft_data.rewards.checkers import checker_reward
 from raft_data.storage import schemas
 
 
@@ -92,13 +93,15 @@ def generate(
         )
     if shard is not None and not 0 <= shard < n_shards:
         raise ConfigError(f"--shard={shard} is invalid: expected 0..{n_shards - 1} (generate.n_shards={n_shards})")
+    if shard is not None and n_passes(cfg) > 1:
+        raise ConfigError("--shard with generate.adaptive_target: each pass needs the one before; run without --shard")
     if shard is not None and force:
         raise ConfigError("--force with --shard would delete the other shards' work: run --force without --shard")
     rdir = storage.round_dir(cfg, round_idx)
     folder = rdir / storage.STAGE_FOLDERS["generate"]
     model_path, model_id = storage.policy_for_round(cfg, round_idx)
     # Everything that can be wrong with the inputs is found here, before the round's folder is touched.
-    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
+    prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx, curriculum_levels(cfg, round_idx))
     tokenizer = load_prompt_tokenizer(model_path, cfg)
     formatted = prepare(prompts, tokenizer, model_path, cfg)
     sources = [load_source(spec) for spec in cfg.generate.extra_sources]
@@ -136,39 +139,118 @@ def generate(
             run_shards_on_ray(cfg, round_idx, n_shards, folder)  # then below: nothing left to do but finalise
 
         generator = f"{cfg.generate.backend}:{model_path}"
-        bounds = shard_bounds(prompts.num_rows, n_shards)
-        wanted = range(n_shards) if shard is None else [shard]
-        todo = [i for i in wanted if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
-        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if todo else None
-        bar = tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), desc=f"generate round {round_idx}")
-        for shard_idx in todo:
-            lo, hi = bounds[shard_idx]
-            with contextlib.ExitStack() as stack:
-                if shard is None:  # a plain run leaves a shard that a --shard worker holds to that worker
-                    try:
-                        stack.enter_context(shard_lock(rdir, shard_idx, n_shards))
-                    except StageError:
-                        print(f"generate: shard {shard_idx} is running in another process, leaving it")
+        total = n_shards * n_passes(cfg)  # shards of all passes: pass p holds shards p * n_shards ...
+        unfinished = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
+        # the backend, loaded once before any progress is drawn (a failure to load is the one line on stderr)
+        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if unfinished else None
+
+        for pass_idx in range(n_passes(cfg)):
+            rows = (
+                list(range(prompts.num_rows))
+                if pass_idx == 0
+                else prompts_needing_more(prompts, folder, n_shards, pass_idx, total, cfg)
+            )
+            bounds = shard_bounds(len(rows), n_shards)
+            wanted = range(n_shards) if shard is None else [shard]
+            todo = [
+                i
+                for i in wanted
+                if not storage.shard_done(folder / storage.shard_name(pass_idx * n_shards + i, total))
+            ]
+            label = f"generate round {round_idx}" + (f" pass {pass_idx}" if total > n_shards else "")
+            bar = tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), desc=label)
+            for i in todo:
+                shard_idx = pass_idx * n_shards + i
+                lo, hi = bounds[i]
+                with contextlib.ExitStack() as stack:
+                    if shard is None:  # a plain run leaves a shard that a --shard worker holds to that worker
+                        try:
+                            stack.enter_context(shard_lock(rdir, shard_idx, total))
+                        except StageError:
+                            print(f"generate: shard {shard_idx} is running in another process, leaving it")
+                            continue
+                    path = folder / storage.shard_name(shard_idx, total)
+                    if storage.shard_done(path):
                         continue
-                path = folder / storage.shard_name(shard_idx, n_shards)
-                if storage.shard_done(path):
-                    continue
-                seed = shard_seed(cfg.experiment.seed, round_idx, shard_idx)
-                part, texts = prompts.slice(lo, hi - lo), formatted.texts[lo:hi]
-                table = run_shard(part, texts, sample, seed, sources, tokenizer, generator, round_idx, cfg)
-                storage.write_parquet(table, path, schemas.SAMPLES)
-                storage.mark_done(path, table.num_rows)
-            bar.update(hi - lo)
-        bar.close()
+                    seed = shard_seed(cfg.experiment.seed, round_idx, shard_idx)
+                    take = rows[lo:hi]
+                    part, texts = prompts.take(pa.array(take, pa.int64())), [formatted.texts[j] for j in take]
+                    table = run_shard(
+                        part,
+                        texts,
+                        sample,
+                        seed,
+                        sources if pass_idx == 0 else [],
+                        tokenizer,
+                        generator,
+                        round_idx,
+                        cfg,
+                        first_idx=pass_idx * cfg.generate.n_samples,
+                    )
+                    storage.write_parquet(table, path, schemas.SAMPLES)
+                    storage.mark_done(path, table.num_rows)
+                bar.update(hi - lo)
+            bar.close()
 
         with round_setup_lock(rdir):
             if (folder / "manifest.json").exists():
                 return storage.read_json(folder / "manifest.json")
-            pending = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
+            pending = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
             if pending:
-                print(f"generate: {n_shards - len(pending)}/{n_shards} shards done; the last one writes the manifest")
+                print(f"generate: {total - len(pending)}/{total} shards done; the last one writes the manifest")
                 return None
             return finish(run, prompts_path, prompts, formatted, model_id, generator, cfg, round_idx)
+
+
+def samples_by_pass(folder: Path, cfg: Config) -> list[int]:
+    """Rows each pass wrote (one number for uniform sampling)."""
+    n_shards, files = cfg.generate.n_shards, storage.shard_files(folder)
+    return [
+        sum(pq.read_metadata(f).num_rows for f in files[p * n_shards : (p + 1) * n_shards])
+        for p in range(n_passes(cfg))
+    ]
+
+
+def curriculum_levels(cfg: Config, round_idx: int) -> list[str] | None:
+    """The levels round n draws from under prompts.curriculum_threshold (None: no curriculum): every level up to
+    the first whose pass@1, in the last earlier round that sampled it (its score manifest), is below the threshold."""
+    p = cfg.prompts
+    if p.curriculum_threshold is None:
+        return None
+    last_pass: dict[str, float] = {}
+    for r in range(round_idx):
+        scores = storage.round_dir(cfg, r) / storage.STAGE_FOLDERS["score"]
+        by_level = (storage.read_manifest(scores, "score", r).get("pass_at_k") or {}).get("by_level") or {}
+        last_pass |= {level: m["pass@1"] for level, m in by_level.items()}
+    for i, level in enumerate(p.levels):
+        if last_pass.get(level, 0.0) < p.curriculum_threshold:
+            return p.levels[: i + 1]
+    return list(p.levels)
+
+
+def n_passes(cfg: Config) -> int:
+    """1 for uniform sampling; with adaptive sampling the first pass and as many more as the budget allows."""
+    g = cfg.generate
+    return 1 if g.adaptive_target == 0 else g.adaptive_budget // g.n_samples
+
+
+def prompts_needing_more(
+    prompts: pa.Table, folder: Path, n_shards: int, pass_idx: int, total: int, cfg: Config
+) -> list[int]:
+    """Rows of `prompts` that pass `pass_idx` samples: fewer than generate.adaptive_target correct samples in the
+    passes before it (checked with the `correct` checker of the score section). Read back from the finished
+    shards, so a resumed run chooses the same prompts."""
+    correct = checker_reward("correct", cfg.score)
+    solved: dict[str, int] = {}
+    for shard_idx in range(pass_idx * n_shards):
+        path = folder / storage.shard_name(shard_idx, total)
+        table = pq.read_table(path, columns=["prompt_id", "completion", "answer", "source"])
+        flags = correct([], table["completion"].to_pylist(), table["answer"].to_pylist())
+        for pid, ok, source in zip(table["prompt_id"].to_pylist(), flags, table["source"].to_pylist(), strict=True):
+            if source == "policy":
+                solved[pid] = solved.get(pid, 0) + int(ok)
+    target = cfg.generate.adaptive_target
+    return [i for i, pid in enumerate(prompts["prompt_id"].to_pylist()) if solved.get(pid, 0) < target]
 
 
 def run_shards_on_ray(cfg: Config, round_idx: int, n_shards: int, folder: Path) -> None:
@@ -221,12 +303,15 @@ def run_shard(
     generator: str,
     round_idx: int,
     cfg: Config,
+    first_idx: int = 0,
 ) -> pa.Table:
-    """The shard's rows, prompt by prompt: its K policy samples (sample_idx 0..K-1), then each extra source's
-    candidates (sample_idx K, K+1, ...), so `sample_idx` is unique per prompt across sources. A skipped prompt
-    (too long) has no rows."""
+    """The shard's rows, prompt by prompt: its K policy samples (sample_idx first_idx .. first_idx + K - 1), then
+    each extra source's candidates (sample_idx K, K+1, ...), so `sample_idx` is unique per prompt across sources
+    (adaptive sampling's later passes, with first_idx = pass x K, carry no extra sources). A skipped prompt (too
+    long) has no rows."""
     keep = [i for i, t in enumerate(texts) if t is not None]
     ids, originals = part["prompt_id"].to_pylist(), part["prompt"].to_pylist()
+    answers, levels = part["answer"].to_pylist(), part["level"].to_pylist()
     completions = sample([texts[i] for i in keep], seed) if keep else []
     rows: dict[str, list] = {name: [] for name in schemas.SAMPLES.names}
 
@@ -242,13 +327,15 @@ def run_shard(
             ("generator", made_by),
             ("seed", seed),
             ("round", round_idx),
+            ("answer", answers[i]),
+            ("level", levels[i]),
         ):
             rows[name].append(value)
 
     for i, comps in zip(keep, completions, strict=True):
         for k, c in enumerate(comps):
-            add(i, k, c.text, c.n_tokens, c.truncated, "policy", generator)
-        idx = len(comps)
+            add(i, first_idx + k, c.text, c.n_tokens, c.truncated, "policy", generator)
+        idx = first_idx + len(comps)
         for source in sources:
             for text in candidates(source, ids[i], originals[i]):
                 n_tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -279,6 +366,7 @@ def finish(
         },
         "chat_template": formatted.chat_template,
         "long_prompts": formatted.report(cfg.generate.long_prompts),
+        "samples_by_pass": samples_by_pass(run.folder, cfg),
         "shards": storage.shard_inventory(run.folder),
     }
     inputs = {"prompts": str(prompts_path), "model": model_id}

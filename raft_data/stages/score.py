@@ -23,6 +23,7 @@ from raft_data import storage
 from raft_data.config import Config, ScoreConfig
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import load_logprob_fn
+from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
 
@@ -50,7 +51,9 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
         if run.done:
             return run.manifest
         names = [c.name for c in components]
-        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []))
+        checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
+        extract = extractor(cfg.score)
+        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
         if kl:
             size = cfg.score.batch_size
             logp_fn = load_logprob_fn(generator_path, cfg.model, device, size)
@@ -63,8 +66,10 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
             if storage.shard_done(dst):
                 n_rows += pq.read_metadata(dst).num_rows
                 continue
-            samples = pq.read_table(src, columns=["prompt_id", "sample_idx", "prompt", "completion", "truncated"])
+            wanted = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer"]
+            samples = pq.read_table(src, columns=[c for c in wanted if c in pq.read_schema(src).names])
             prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
+            answers = samples["answer"].to_pylist() if "answer" in samples.column_names else None
             ids, idxs = samples["prompt_id"].to_pylist(), samples["sample_idx"].to_pylist()
 
             def row(i: int, src=src, ids=ids, idxs=idxs) -> str:
@@ -72,7 +77,9 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
 
             columns: dict[str, list[float]] = {}
             for c in components:
-                columns[c.name] = reward_values(c.name, c.fn, prompts, completions, row) if samples.num_rows else []
+                columns[c.name] = (
+                    reward_values(c.name, c.fn, prompts, completions, row, answers) if samples.num_rows else []
+                )
             reward = combine(components, columns) if samples.num_rows else []
             if kl:
                 ended = [not t for t in samples["truncated"].to_pylist()]
@@ -89,6 +96,8 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
                     **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
                 }
             )
+            if checks:
+                table = table.append_column("extracted", pa.array([extract(c) for c in completions], pa.string()))
             storage.write_parquet(table, dst, schema)
             storage.mark_done(dst, table.num_rows)
             n_rows += table.num_rows
@@ -98,6 +107,8 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
             "policy_chat_template": policy_template(cfg, round_idx),
             "shards": storage.shard_inventory(folder),
         }
+        if "correct" in names:
+            extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
         if kl:
             extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
         return storage.finish_stage(
@@ -108,6 +119,30 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
             counts={"scores": n_rows, "shards": len(sample_files)},
             extra=extra,
         )
+
+
+def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int) -> dict:
+    """pass@k, maj@k and mixed outcomes of the round's own samples (the policy's first n_samples per prompt: later
+    passes of adaptive sampling depend on the first one's outcome), by level too: a sample passes when its
+    `correct` reward is 1."""
+    rows = []
+    for src in storage.shard_files(samples_dir):
+        names = pq.read_schema(src).names
+        samples = pq.read_table(src, columns=[c for c in ("prompt_id", "sample_idx", "source", "level") if c in names])
+        scores = pq.read_table(scores_dir / src.name, columns=["correct", "extracted"])
+        levels = samples["level"].to_pylist() if "level" in names else [None] * samples.num_rows
+        for pid, idx, source, level, ok, found in zip(
+            samples["prompt_id"].to_pylist(),
+            samples["sample_idx"].to_pylist(),
+            samples["source"].to_pylist(),
+            levels,
+            scores["correct"].to_pylist(),
+            scores["extracted"].to_pylist(),
+            strict=True,
+        ):
+            if source == "policy" and idx < n_samples:
+                rows.append({"prompt_id": pid, "level": level, "correct": ok == 1.0, "extracted": found})
+    return pass_metrics(rows)
 
 
 def policy_template(cfg: Config, round_idx: int) -> str | None:

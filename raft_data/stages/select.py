@@ -18,9 +18,12 @@ import pyarrow.compute as pc
 
 from raft_data import storage
 from raft_data.config import Config
+from raft_data.data.replay import replay_settings, write_replay
 from raft_data.selection.card import dataset_card
 from raft_data.selection.engine import (
+    SQL_DIR,
     as_messages,
+    check_pairs,
     check_selected,
     connect,
     define_views,
@@ -38,10 +41,12 @@ from raft_data.storage import schemas
 
 def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None = None) -> dict:
     """Run the select stage of one round; returns its manifest."""
+    replay_cfg = replay_settings(cfg) if cfg.rounds.replay_fraction > 0 else None
     rdir = storage.round_dir(cfg, round_idx)
     rounds = pool_rounds(cfg, round_idx)
     manifests = pool_manifests(cfg, rounds)
-    sql = strategy_sql(cfg)
+    pairs = cfg.select.format == "pairs"
+    sql = (SQL_DIR / "formats" / "pairs.sql").read_text(encoding="utf-8") if pairs else strategy_sql(cfg)
     folder = rdir / storage.STAGE_FOLDERS["select"]
     inputs = {
         f"round-{r:04d}": {"samples": m[0]["config_hash"], "scores": m[1]["config_hash"]} for r, m in manifests.items()
@@ -56,18 +61,25 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         "inputs": inputs,
         "round": round_idx,
     }
+    if replay_cfg is not None:  # only then, so that a selection without replay keeps its config hash
+        stage_cfg["replay"] = replay_cfg
     where = f"{folder} ({cfg.select.strategy})"
     with storage.stage("select", folder, stage_cfg, round_idx, force, in_place=False) as run:
         if run.done:
             return run.manifest
         con = connect(cfg, rounds, threads)
         params = define_views(con, cfg, round_idx)
-        table = run_query(con, sql, params, f"select.strategy={cfg.select.strategy!r}")
-        counts = check_selected(con, table, cfg, params, where)
+        table = run_query(con, sql, params, "pairs.sql" if pairs else f"select.strategy={cfg.select.strategy!r}")
+        if pairs:
+            counts = check_pairs(con, table, cfg, where)
+            counts["selected"] = counts["pairs"]
+        else:
+            counts = check_selected(con, table, cfg, params, where)
         counts = {"prompts": manifests[round_idx][0]["counts"].get("prompts"), **counts}
         dropped = dropped_counts(con, cfg)
         mean_all = fetch_row(con, "select avg(reward) from scores where round = $r", {"r": round_idx})[0]
-        mean_selected = pc.mean(table["reward"]).as_py() if table.num_rows else None
+        kept = table["chosen_reward"] if pairs else table["reward"]
+        mean_selected = pc.mean(kept).as_py() if table.num_rows else None
         reward = {"mean_all": mean_all, "mean_selected": mean_selected}
         lineage = {
             "experiment": cfg.experiment.name,
@@ -81,9 +93,12 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         tmp = storage.tmp_folder(folder)
         if cfg.select.format == "messages":
             out, schema = as_messages(con, table.select(schemas.SELECTED.names)), schemas.SELECTED_MESSAGES
+        elif pairs:
+            out, schema = table, schemas.PAIRS
         else:
             out, schema = table, schemas.SELECTED
         storage.write_parquet(out, tmp / storage.shard_name(0, 1), schema)
+        replay = write_replay(cfg, round_idx, table.num_rows, tmp) if replay_cfg is not None else None
         storage.write_text(dataset_card(cfg, round_idx, counts, dropped, lineage, reward), tmp / "README.md")
         manifest = storage.finish_stage(
             run,
@@ -97,6 +112,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
                 "format": cfg.select.format,
                 "pool_rounds": rounds,
                 "shards": storage.shard_inventory(tmp),
+                **({"replay": replay} if replay is not None else {}),
             },
             folder=tmp,
         )
@@ -107,6 +123,8 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         )
         if dropped:
             print("  dropped before ranking: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        if replay is not None:
+            print(f"  replay: {replay['rows']} reference texts of training prompts added for SFT ({replay['file']})")
         if counts["selected"] == 0:
             print(f"warning: {empty_selection(cfg, round_idx, manifest)}", file=sys.stderr)
         return manifest

@@ -23,7 +23,7 @@ from raft_data.storage.layout import (
     shard_files,
     shard_name,
 )
-from raft_data.storage.lineage import policy_for_round, read_eval, round_wall_time
+from raft_data.storage.lineage import drift, last_good_round, policy_for_round, read_eval, round_wall_time
 from raft_data.storage.manifests import (
     StageRun,
     begin_stage,
@@ -44,9 +44,11 @@ __all__ = [
     "StageRun",
     "baseline_dir",
     "begin_stage",
+    "drift",
     "experiment_dir",
     "file_sha256",
     "finish_stage",
+    "last_good_round",
     "library_versions",
     "make_dir",
     "mark_done",

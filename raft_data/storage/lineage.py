@@ -1,9 +1,11 @@
 """What a round reads from the rounds before it, and finished rounds read back: the model a round samples from or
-fine-tunes, a round's wall time, a finished eval.
+fine-tunes (past rounds that drifted out of bounds, with `rounds.on_drift: rollback`), a round's wall time, a
+finished eval.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,40 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raft_data.config import Config
+from raft_data.errors import StageError
 from raft_data.storage.files import read_json
 from raft_data.storage.layout import STAGE_FOLDERS, round_dir
 from raft_data.storage.manifests import read_manifest
+
+# The drift guard: eval metrics and the `rounds` bound on each (None: no bound).
+DRIFT_BOUNDS = {"kl_per_token": "max_kl_per_token", "ppl_ratio": "max_ppl_ratio"}
+
+
+def drift(cfg: Config, metrics: dict[str, Any], round_idx: int) -> str | None:
+    """The first drift bound a round's eval metrics cross, as one line; None when every set bound holds."""
+    for metric, key in DRIFT_BOUNDS.items():
+        bound = getattr(cfg.rounds, key)
+        if bound is None:
+            continue
+        value = metrics.get(metric)
+        if value is None:
+            raise StageError(
+                f"rounds.{key}={bound} is set, but the eval of round {round_idx} has no {metric} metric "
+                f"(rerun `raft-data eval --round {round_idx} --force`, or unset rounds.{key})"
+            )
+        if not math.isfinite(value) or value > bound:
+            return f"{metric} {value:.4g} > rounds.{key} {bound:g} in round {round_idx}"
+    return None
+
+
+def last_good_round(cfg: Config, round_idx: int) -> int | None:
+    """The newest round <= round_idx whose eval is within the drift bounds (a round without an eval counts as
+    within), or None when every one drifted: then the base model is the last good one."""
+    for r in range(round_idx, -1, -1):
+        path = round_dir(cfg, r) / STAGE_FOLDERS["eval"] / "manifest.json"
+        if not path.exists() or drift(cfg, read_json(path).get("metrics") or {}, r) is None:
+            return r
+    return None
 
 
 def policy_for_round(cfg: Config, round_idx: int, role: str = "generate") -> tuple[str, str]:
@@ -21,14 +54,20 @@ def policy_for_round(cfg: Config, round_idx: int, role: str = "generate") -> tup
 
     By default both are round n-1's `model/` (round 0: the base model). `rounds.mode=offline` makes every round
     generate from the base model; `rounds.sft_from=base` makes every round fine-tune the base model (ReST-EM).
+    With `rounds.on_drift=rollback`, rounds whose eval crossed a drift bound are passed over: the model is the
+    newest one within bounds (the base model when none is).
     Returns (path, identity), the identity being the model manifest's hash (or the base path) for config hashes.
     """
     use_base = {"generate": cfg.rounds.mode == "offline", "train": cfg.rounds.sft_from == "base"}[role]
+    base = cfg.model.name_or_path, f"base:{cfg.model.name_or_path}"
     if round_idx == 0 or use_base:
-        return cfg.model.name_or_path, f"base:{cfg.model.name_or_path}"
-    prev = round_dir(cfg, round_idx - 1) / STAGE_FOLDERS["train"]
-    manifest = read_manifest(prev, "train", round_idx - 1)
-    return str(prev), f"round-{round_idx - 1:04d}:{manifest['config_hash']}"
+        return base
+    prev_idx = last_good_round(cfg, round_idx - 1) if cfg.rounds.on_drift == "rollback" else round_idx - 1
+    if prev_idx is None:
+        return base
+    prev = round_dir(cfg, prev_idx) / STAGE_FOLDERS["train"]
+    manifest = read_manifest(prev, "train", prev_idx)
+    return str(prev), f"round-{prev_idx:04d}:{manifest['config_hash']}"
 
 
 def round_wall_time(cfg: Config, round_idx: int) -> float:

@@ -8,6 +8,8 @@ PROMPTS = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),  # stable across rounds, derived from the source
         pa.field("prompt", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=True),  # the gold answer (prompts.answer_column), if any
+        pa.field("level", pa.string(), nullable=True),  # the difficulty level (prompts.level_column), if any
     ]
 )
 
@@ -18,23 +20,28 @@ SAMPLES = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("completion", pa.string(), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),  # generated tokens, the end-of-sequence token included
-        pa.field("truncated", pa.bool_(), nullable=False),  # stopped by max_new_tokens, not by end-of-sequence
+        pa.field("truncated", pa.bool_(), nullable=False),  # stopped by max_new_tokens, not by end-of-sequence or stop
         pa.field("source", pa.string(), nullable=False),  # where the candidate came from, e.g. "policy"
         pa.field("generator", pa.string(), nullable=False),  # backend and model that produced it
         pa.field("seed", pa.int64(), nullable=False),  # the shard's sampling seed
         pa.field("round", pa.int32(), nullable=False),
+        pa.field("answer", pa.string(), nullable=True),  # the prompt's gold answer, if the source has one
+        pa.field("level", pa.string(), nullable=True),  # the prompt's difficulty level, if the source has one
     ]
 )
 
 
-def scores_schema(components: list[str]) -> pa.Schema:
-    """`reward` is what selection ranks by; each reward component keeps its own column."""
+def scores_schema(components: list[str], extracted: bool = False) -> pa.Schema:
+    """`reward` is what selection ranks by; each reward component keeps its own column; with a checker of answers,
+    `extracted` holds the answer found in the completion (null: none found)."""
     fields = [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("sample_idx", pa.int32(), nullable=False),
         pa.field("reward", pa.float64(), nullable=False),
     ]
     fields += [pa.field(name, pa.float64(), nullable=False) for name in components if name != "reward"]
+    if extracted:
+        fields.append(pa.field("extracted", pa.string(), nullable=True))
     return pa.schema(fields)
 
 
@@ -85,6 +92,22 @@ SELECTED_MESSAGES = pa.schema(
     ]
 )
 
+# `selected/` with select.format=pairs: one preference pair per prompt, the form TRL's DPO trainer reads
+# (prompt, chosen, rejected), with where each side came from.
+PAIRS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("chosen_reward", pa.float64(), nullable=False),
+        pa.field("rejected_reward", pa.float64(), nullable=False),
+        pa.field("chosen_sample_idx", pa.int32(), nullable=False),
+        pa.field("rejected_sample_idx", pa.int32(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+    ]
+)
+
 # `raft-data heldout`: one row per sampled completion of a model on held-out prompts.
 HELDOUT_COMPLETIONS = pa.schema(
     [
@@ -94,5 +117,18 @@ HELDOUT_COMPLETIONS = pa.schema(
         pa.field("completion", pa.string(), nullable=False),
         pa.field("reward", pa.float64(), nullable=False),
         pa.field("model", pa.string(), nullable=False),
+    ]
+)
+
+# `selected/replay.parquet` (rounds.replay_fraction > 0): human reference text of training-split prompts, added to the
+# round's SFT data beside the selected samples.
+REPLAY = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("completion", pa.string(), nullable=False),  # the reference text after the prompt
+        pa.field("truncated", pa.bool_(), nullable=False),  # always false: the text ended by itself
+        pa.field("source", pa.string(), nullable=False),  # "replay"
+        pa.field("round", pa.int32(), nullable=False),
     ]
 )

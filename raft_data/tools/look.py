@@ -16,12 +16,13 @@ from raft_data.data.chat import context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import candidates, load_source
 from raft_data.models.loading import load_tokenizer
+from raft_data.stages.generate import curriculum_levels
 from raft_data.storage import policy_for_round
 
 
 def round_prompt_lines(cfg: Config, round_idx: int) -> list[str]:
     """`prompt_id<TAB>prompt` of each prompt the round draws."""
-    table = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx)
+    table = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx, curriculum_levels(cfg, round_idx))
     return [f"{pid}\t{p}" for pid, p in zip(table["prompt_id"].to_pylist(), table["prompt"].to_pylist(), strict=True)]
 
 

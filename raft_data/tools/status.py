@@ -9,6 +9,17 @@ from __future__ import annotations
 from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import UserError
+from raft_data.stages.evaluate import format_metrics
+
+
+def format_pass(metrics: dict) -> str:
+    """pass@k, maj@k and mixed outcomes on one line, then each level's pass@1."""
+    keys = [k for k in metrics if k.startswith(("pass@", "maj@"))]
+    line = " ".join(f"{k} {metrics[k]:.3f}" for k in keys) + f" | mixed {metrics.get('mixed', 0):.2f}"
+    levels = metrics.get("by_level") or {}
+    if len(levels) > 1:
+        line += " | " + " ".join(f"{lv} pass@1 {m['pass@1']:.3f}" for lv, m in levels.items())
+    return line
 
 
 def round_status(cfg: Config, round_idx: int) -> list[str]:
@@ -23,12 +34,16 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
         m = storage.read_json(manifest)
         counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
         lines.append(f"  {name + '/':10s} done in {m['wall_time_s']:.1f}s: {counts}")
+        if stage == "score" and m.get("pass_at_k"):
+            lines.append(f"  {'':10s} {format_pass(m['pass_at_k'])}")
         if stage == "select":
             r = m.get("reward") or {}
             if r.get("mean_selected") is not None:
                 lines.append(
                     f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
                 )
+        if stage == "eval" and m.get("metrics"):
+            lines.append(f"  {'':10s} {format_metrics(m['metrics'])}")
     return lines
 
 

@@ -1,6 +1,6 @@
 -- Guards before ranking. Each marks the rows it drops in dropped_by (the first guard that drops a row names it);
 -- later guards only look at rows still standing, so partitions include `dropped_by is null`.
--- Order: truncated, empty, duplicate, constant, margin. Each is switched by a variable from settings.sql.
+-- Order: pass_band, truncated, empty, duplicate, constant, margin. Each is switched by a variable from settings.sql.
 --   guarded:            every pool row, with dropped_by (null = kept)
 --   guarded_candidates: the rows no guard dropped; Python adds the user's where/qualify as `candidates`
 
@@ -9,9 +9,26 @@ with scored_rows as (
     select * from scored
 ),
 
-truncated_guard as (
-    select *, case when getvariable('drop_truncated') and truncated then 'truncated' end as dropped_by
+pass_band_guard as (
+    -- checkable answers: a prompt every sample solved, or none did, teaches nothing; its pass rate (over all its
+    -- samples of the round) must lie in [min_pass_rate, max_pass_rate]
+    select
+        *,
+        case
+            when (getvariable('min_pass_rate') > 0 or getvariable('max_pass_rate') < 1)
+                and coalesce(avg(correct) over (partition by round, prompt_id), 0)
+                not between getvariable('min_pass_rate') and getvariable('max_pass_rate')
+                then 'pass_band'
+        end as dropped_by
     from scored_rows
+),
+
+truncated_guard as (
+    select * replace (
+        coalesce(dropped_by, case when getvariable('drop_truncated') and truncated then 'truncated' end)
+            as dropped_by
+    )
+    from pass_band_guard
 ),
 
 empty_guard as (

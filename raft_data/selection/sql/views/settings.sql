@@ -9,3 +9,5 @@ set variable drop_empty = $drop_empty;
 set variable drop_duplicates = $drop_duplicates;
 set variable drop_constant = $drop_constant;
 set variable min_margin = $min_margin;
+set variable min_pass_rate = $min_pass_rate;
+set variable max_pass_rate = $max_pass_rate;

@@ -1,0 +1,222 @@
+"""Answers a program can check: find the answer in a completion, compare it with the gold answer, and estimate
+pass@k. The `correct` reward is 1.0 when the extracted answer matches the gold one, else 0.0; `format` is 1.0 when
+an answer stands where the prompt asks for it (the extraction found one).
+
+Extraction (`score.extract`):
+    last_number  the last number in the completion: `-3`, `1,000` (= 1000), `0.5`, `3/4`; trailing punctuation is
+                 not part of it
+    boxed        the content of the last `\\boxed{...}`, braces balanced (`\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`)
+    answer_line  what follows the last `Answer:` up to the end of its line
+    regex        the last match of `score.extract_regex` (its first group when it has one)
+Matching (`score.match`):
+    exact        equal after normalising: surrounding space, `$`, trailing punctuation, case, thousands commas
+    numeric      both read as numbers (integers, decimals, fractions a/b, `\\frac{a}{b}`) and equal within
+                 `score.tolerance` relative to max(1, |gold|); otherwise as `exact`
+    math_verify  equivalence of LaTeX / sympy expressions with the `math-verify` package (pip: raft-toolkit[math])
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from fractions import Fraction
+
+from raft_data.config import ScoreConfig
+from raft_data.errors import ConfigError
+
+CHECKERS = ("correct", "format")
+
+NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
+TRAILING = " \t\n.,;:!?'\"`"  # punctuation that ends a sentence, not an expression
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Extraction
+
+
+def last_number(text: str) -> str | None:
+    matches = NUMBER.findall(text)
+    return matches[-1].replace(" ", "") if matches else None
+
+
+def boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (or \\fbox{...}), nested braces included."""
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        return None
+    i = text.index("{", start) + 1
+    depth, j = 1, i
+    while j < len(text) and depth:
+        depth += {"{": 1, "}": -1}.get(text[j], 0)
+        j += 1
+    return text[i : j - 1].strip() if depth == 0 else None
+
+
+def answer_line(text: str) -> str | None:
+    found = re.findall(r"answer\s*(?:is)?\s*[:=]\s*([^\n]*)", text, flags=re.IGNORECASE)
+    value = found[-1].strip().rstrip(TRAILING).strip() if found else ""
+    return value or None
+
+
+def regex_extractor(pattern: str) -> Callable[[str], str | None]:
+    compiled = re.compile(pattern)
+
+    def extract(text: str) -> str | None:
+        matches = list(compiled.finditer(text))
+        if not matches:
+            return None
+        m = matches[-1]
+        return (m.group(1) if compiled.groups else m.group(0)).strip()
+
+    return extract
+
+
+def extractor(cfg: ScoreConfig) -> Callable[[str], str | None]:
+    """The configured extraction: text -> the answer it states, or None."""
+    if cfg.extract == "regex":
+        return regex_extractor(cfg.extract_regex or "")
+    return {"last_number": last_number, "boxed": boxed, "answer_line": answer_line}[cfg.extract]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Comparison
+
+
+def normalise(text: str) -> str:
+    text = text.strip().strip("$").strip().rstrip(TRAILING).strip()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
+    return " ".join(text.lower().split())
+
+
+def as_number(text: str) -> Fraction | float | None:
+    """A number written as an integer, decimal, fraction a/b or \\frac{a}{b}; None for anything else."""
+    t = normalise(text)
+    frac = re.fullmatch(r"\\d?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", t)
+    if frac:
+        t = f"{frac.group(1)}/{frac.group(2)}"
+    t = t.replace(" ", "")
+    try:
+        if "/" in t:
+            num, den = t.split("/", 1)
+            return Fraction(num) / Fraction(den)
+        return Fraction(t)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def numeric_match(extracted: str, gold: str, tolerance: float) -> bool:
+    a, b = as_number(extracted), as_number(gold)
+    if a is None or b is None:
+        return normalise(extracted) == normalise(gold)
+    return abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))
+
+
+def matcher(cfg: ScoreConfig) -> Callable[[str, str], bool]:
+    """The configured comparison: (extracted, gold) -> equal?"""
+    if cfg.match == "exact":
+        return lambda extracted, gold: normalise(extracted) == normalise(gold)
+    if cfg.match == "numeric":
+        return lambda extracted, gold: numeric_match(extracted, gold, cfg.tolerance)
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ConfigError(
+            "score.match='math_verify' needs the math-verify package: pip install 'raft-toolkit[math]'"
+        ) from None
+
+    def boxed_expression(text: str):
+        # both sides as the content of a \boxed{}: math-verify reads a boxed expression with or without LaTeX
+        return parse("\\boxed{" + text + "}")
+
+    def equivalent(extracted: str, gold: str) -> bool:
+        try:
+            return bool(verify(boxed_expression(gold), boxed_expression(extracted)))
+        except Exception:  # an expression math-verify cannot read is not a match
+            return False
+
+    return equivalent
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The rewards: plain callables with one more argument, the gold answers
+
+
+def checker_reward(name: str, cfg: ScoreConfig) -> Callable[..., list[float]]:
+    """`correct` or `format` as a reward `(prompts, completions, answers) -> list[float]`."""
+    extract, same = extractor(cfg), matcher(cfg)
+
+    def correct(prompts: list[str], completions: list[str], answers: list[str | None]) -> list[float]:
+        out = []
+        for completion, gold in zip(completions, answers, strict=True):
+            found = extract(completion)
+            out.append(float(found is not None and gold is not None and same(found, gold)))
+        return out
+
+    def format_(prompts: list[str], completions: list[str], answers: list[str | None]) -> list[float]:
+        return [float(extract(c) is not None) for c in completions]
+
+    return {"correct": correct, "format": format_}[name]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# pass@k and friends
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def powers_of_two(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks
+
+
+def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
+    """maj@k of one prompt: the most common extracted answer (ties to the first seen) is a correct one."""
+    votes = Counter(e for e in extracted if e is not None)
+    if not votes:
+        return False
+    top = max(votes.values())
+    winner = next(e for e in extracted if e is not None and votes[e] == top)
+    return any(ok for e, ok in zip(extracted, correct, strict=True) if e == winner)
+
+
+def pass_metrics(rows: list[dict]) -> dict:
+    """pass@k for k = 1, 2, 4, ... up to the smallest per-prompt sample count, maj@k at that k, and the share of
+    prompts with mixed outcomes, over all prompts and by level. `rows`: prompt_id, level, correct (bool),
+    extracted (str | None), one per sample, in sample order."""
+    by_prompt: dict[str, list[dict]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["prompt_id"], []).append(row)
+    if not by_prompt:
+        return {}
+
+    def summary(prompts: list[list[dict]]) -> dict:
+        n_min = min(len(p) for p in prompts)
+        ks = powers_of_two(n_min)
+        out: dict = {"prompts": len(prompts), "samples": sum(len(p) for p in prompts)}
+        for k in ks:
+            out[f"pass@{k}"] = sum(pass_at_k(len(p), sum(r["correct"] for r in p), k) for p in prompts) / len(prompts)
+        k = ks[-1]
+        out[f"maj@{k}"] = sum(
+            majority_correct([r["extracted"] for r in p[:k]], [bool(r["correct"]) for r in p[:k]]) for p in prompts
+        ) / len(prompts)
+        out["mixed"] = sum(0 < sum(r["correct"] for r in p) < len(p) for p in prompts) / len(prompts)
+        return out
+
+    groups = list(by_prompt.values())
+    result = summary(groups)
+    levels = sorted({p[0].get("level") for p in groups if p[0].get("level") is not None})
+    if levels:
+        result["by_level"] = {lv: summary([p for p in groups if p[0].get("level") == lv]) for lv in levels}
+    return result
