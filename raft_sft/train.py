@@ -95,11 +95,13 @@ def check_sft_value(key: str, value: Any, default: Any) -> None:
 
 
 def load_selected(files: list[Path]):
-    """The selected rows as a datasets.Dataset in prompt/completion form (with `truncated` where recorded)."""
+    """The selected rows as a datasets.Dataset: prompt/completion (with `truncated` where recorded), or
+    `messages` (select.format=messages, which TRL renders with the model's chat template)."""
     from datasets import load_dataset
 
     ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
-    return ds.select_columns([c for c in ("prompt", "completion", "truncated") if c in ds.column_names])
+    keep = ("messages",) if "messages" in ds.column_names else ("prompt", "completion", "truncated")
+    return ds.select_columns([c for c in keep if c in ds.column_names])
 
 
 def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: dict, round_idx: int):

@@ -80,3 +80,18 @@ def test_end_of_sequence_is_trained_only_where_the_sample_ended(tiny_model_dir) 
     for row in (ended, cut):
         assert row["labels"][:n_prompt] == [-100] * n_prompt  # no loss on the prompt
         assert row["labels"][n_prompt:] == row["input_ids"][n_prompt:]
+
+
+def test_sft_trains_on_the_messages_form(tmp_path, tiny_model_dir, prompts_file) -> None:
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        prompts_file,
+        select={"format": "messages"},
+        sft={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 64},
+    )
+    generate(cfg, 0)
+    score(cfg, 0)
+    select(cfg, 0)
+    manifest = train(cfg, 0)
+    assert manifest["counts"]["steps"] == 1 and manifest["counts"]["examples"] == cfg.prompts.n_prompts
