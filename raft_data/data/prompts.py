@@ -115,6 +115,16 @@ def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int, levels: li
     return train.take(pa.array(idx))
 
 
+def reference_texts(cfg: Config) -> dict[str, object]:
+    """The `eval.reference_column` of the prompts source (human reference text, e.g. the whole review), by
+    prompt_id; the caller checks that the column is set."""
+    column = cfg.eval.reference_column
+    key = cfg.prompts.id_column or cfg.prompts.prompt_column
+    data = read_columns(cfg.prompts.path, list(dict.fromkeys([key, column])), cfg.prompts.split)
+    ids = [str(v) if cfg.prompts.id_column else hash_id(v) for v in data[key]]
+    return dict(zip(ids, data[column], strict=True))
+
+
 def eval_prompts(cfg: Config) -> pa.Table:
     """The first eval.n_prompts held-out prompts in source order (the held-out split is chosen by id hash, so this
     is a fixed, unordered subset), with a `reference` column when eval.reference_column is set."""
@@ -128,10 +138,7 @@ def eval_prompts(cfg: Config) -> pa.Table:
     column = cfg.eval.reference_column
     if column is None:
         return table
-    key = cfg.prompts.id_column or cfg.prompts.prompt_column
-    data = read_columns(cfg.prompts.path, list(dict.fromkeys([key, column])), cfg.prompts.split)
-    ids = [str(v) if cfg.prompts.id_column else hash_id(v) for v in data[key]]
-    by_id = dict(zip(ids, data[column], strict=True))
+    by_id = reference_texts(cfg)
     refs = []
     for pid in table["prompt_id"].to_pylist():
         ref = by_id.get(pid)

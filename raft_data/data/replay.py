@@ -17,8 +17,7 @@ import pyarrow.parquet as pq
 
 from raft_data import storage
 from raft_data.config import Config
-from raft_data.data.prompts import hash_id, split_prompts
-from raft_data.data.readers import read_columns
+from raft_data.data.prompts import reference_texts, split_prompts
 from raft_data.errors import ConfigError
 from raft_data.storage import schemas
 
@@ -32,18 +31,14 @@ def n_replay(fraction: float, n_selected: int) -> int:
     return int(np.floor(fraction * n_selected + 0.5))
 
 
-def reference_texts(cfg: Config) -> dict[str, object]:
-    """The `eval.reference_column` of the prompts source, by prompt_id."""
-    column = cfg.eval.reference_column
-    if column is None:
+def replay_references(cfg: Config) -> dict[str, object]:
+    """The reference texts replay draws from; replay needs eval.reference_column."""
+    if cfg.eval.reference_column is None:
         raise ConfigError(
             f"rounds.replay_fraction={cfg.rounds.replay_fraction!r} needs eval.reference_column: the column of the "
             "prompts source that holds the human reference text (e.g. the whole review)"
         )
-    key = cfg.prompts.id_column or cfg.prompts.prompt_column
-    data = read_columns(cfg.prompts.path, list(dict.fromkeys([key, column])), cfg.prompts.split)
-    ids = [str(v) if cfg.prompts.id_column else hash_id(v) for v in data[key]]
-    return dict(zip(ids, data[column], strict=True))
+    return reference_texts(cfg)
 
 
 def replay_rows(cfg: Config, round_idx: int, n_selected: int, round_prompt_ids: set[str]) -> pa.Table:
@@ -51,7 +46,7 @@ def replay_rows(cfg: Config, round_idx: int, n_selected: int, round_prompt_ids: 
     outside `round_prompt_ids`, each completed by the rest of its reference text. Prompts whose reference does not
     start with the prompt, or adds nothing to it, are passed over; fewer rows come back when too few are left."""
     n = n_replay(cfg.rounds.replay_fraction, n_selected)
-    refs = reference_texts(cfg)
+    refs = replay_references(cfg)
     train, _ = split_prompts(cfg.prompts)
     rows: dict[str, list] = {"prompt_id": [], "prompt": [], "completion": []}
     for pid, prompt in zip(train["prompt_id"].to_pylist(), train["prompt"].to_pylist(), strict=True):
@@ -83,7 +78,7 @@ def replay_settings(cfg: Config) -> dict[str, object]:
             f"(now {cfg.select.format}): replay rows are prompt/completion text"
         )
     if cfg.eval.reference_column is None:
-        reference_texts(cfg)  # raises the ConfigError that names the missing column
+        replay_references(cfg)  # raises the ConfigError that names the missing column
     p = cfg.prompts
     return {
         "fraction": cfg.rounds.replay_fraction,

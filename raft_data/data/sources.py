@@ -15,13 +15,13 @@ Run as:
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from raft_data.data.readers import read_jsonl, read_parquet
 from raft_data.errors import DataError
+from raft_data.storage import file_sha256
 
 
 @dataclass
@@ -32,14 +32,10 @@ class Source:
 
 def file_hash(path: str) -> str:
     """The content hash of a source file, part of the generate config hash: a changed file is a new config."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        return file_sha256(Path(path))[:16]
     except FileNotFoundError:
         raise DataError(f"extra source file {path} does not exist (generate.extra_sources)") from None
-    return digest.hexdigest()[:16]
 
 
 def load_source(spec: dict[str, Any]) -> Source:
