@@ -1,11 +1,14 @@
-"""Eval wall time: `measure` as the eval stage calls it now (one load of the evaluated model for both generation
-passes and its log-probabilities; a round reads the base model's perplexity of the reference texts from the
-baseline), against the same work done as eval did it before (a load per generation pass, another for the
-log-probabilities, and the base model's perplexity recomputed every round).
+"""Eval wall time: `measure` as the eval stage calls it now (one load of the evaluated model; greedy and sampled
+completions from one `generate` call per batch; its log-probabilities from the same load; a round reads the base
+model's perplexity of the reference texts from the baseline), against the same work done as eval first did it (a
+load and a pass per kind of completion, another load for the log-probabilities, and the base model's perplexity
+recomputed every round).
 
 The evaluated models are the base model (the baseline eval) and a second model folder (a round's eval): by default
 a copy of the base model with every weight moved by seeded noise, so sampling and KL are a round's, not zero.
-Both ways run on the same prompts with the same seed; their metrics are printed side by side.
+Both ways run on the same prompts with the same seed; their metrics are printed side by side (greedy completions
+are the same both ways; sampled ones are draws from the same distribution with other random streams, so the
+metrics agree up to sampling noise).
 
 Run as:
     python -m bench.eval                                              # pipelines/imdb_positive.yaml as committed
@@ -25,7 +28,7 @@ from raft_data.backends import BACKENDS
 from raft_data.config import Config, load_config
 from raft_data.data.prompts import eval_prompts
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
-from raft_data.models.logprobs import completion_token_ids, perplexity, sequence_logprobs
+from raft_data.models.logprobs import completion_token_ids, ended_on_eos, perplexity, sequence_logprobs
 from raft_data.rewards.loading import configured_reward
 from raft_data.stages.evaluate import eval_seed, measure
 
@@ -66,7 +69,10 @@ def measure_separate_loads(cfg: Config, model_path: str, is_base: bool, prompts)
     tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
     pairs = out["sampled"]
     seqs, starts = completion_token_ids(
-        tokenizer, [p for p, _ in pairs], [c.text for _, c in pairs], [not c.truncated for _, c in pairs]
+        tokenizer,
+        [p for p, _ in pairs],
+        [c.text for _, c in pairs],
+        [ended_on_eos(c.text, c.truncated, cfg.generate.stop) for _, c in pairs],
     )
     size, pad = cfg.eval.batch_size, tokenizer.pad_token_id
     logp, counts, entropies = sequence_logprobs(model, seqs, starts, size, pad, entropy=True)

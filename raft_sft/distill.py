@@ -15,7 +15,7 @@ from typing import Any
 from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import ConfigError, StageError
-from raft_sft.train import check_sft_section, fit, load_dataset_column, load_selected, process_state
+from raft_sft.train import check_sft_section, fit, load_dataset_column, load_selected, mark_eos, process_state
 
 
 def resolve_selected(data: list[str]) -> list[Path]:
@@ -88,7 +88,7 @@ def distill(
             return storage.read_json(output / "manifest.json")
         tmp = storage.tmp_folder(output)
         files = [f for folder in folders for f in storage.shard_files(folder)]
-        dataset = load_selected(files)
+        dataset = mark_eos(load_selected(files), cfg.generate.stop)
         ids = [
             f"{r['experiment']}/{r['round']:04d}:{p}"
             for r, folder in zip(rounds, folders, strict=True)

@@ -7,7 +7,7 @@ Run as:
 Round n starts from round n-1's `model/` (round 0 from the base model) and writes `round-NNNN/model/` in
 save_pretrained format. The `sft:` section of the config holds TRL `SFTConfig` fields, passed through as they are.
 Prompt/completion rows are tokenized here: loss on the completion only, and the end-of-sequence token only where
-the sample ended by itself (not where it hit max_new_tokens).
+the model ended the sample with it (not where it hit max_new_tokens, nor where a `generate.stop` string ended it).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import ConfigError, DataError, StageError
+from raft_data.models.logprobs import ended_on_eos
 
 
 def check_sft_section(cfg: Config) -> None:
@@ -104,6 +105,18 @@ def load_selected(files: list[Path]):
     return ds.select_columns([c for c in keep if c in ds.column_names])
 
 
+def mark_eos(dataset, stop: list[str]):
+    """Prompt/completion rows with an `eos` column: whether the model ended the sample with its end-of-sequence
+    token (`ended_on_eos`: not truncated, not ended by one of the `generate.stop` strings). SFT trains the token only
+    there, so a round teaches the sequence the model sampled and nothing more: a sample the sampler cut after its
+    first sentence does not teach the model to end every text after one sentence."""
+    if "completion" not in dataset.column_names:
+        return dataset
+    truncated = dataset["truncated"] if "truncated" in dataset.column_names else [False] * len(dataset)
+    eos = [ended_on_eos(c, t, stop) for c, t in zip(dataset["completion"], truncated, strict=True)]
+    return dataset.add_column("eos", eos)
+
+
 def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: dict, round_idx: int):
     """The selected rows plus the round's replay rows (human reference text, `rounds.replay_fraction`) that the
     select stage wrote beside them, checked against its manifest. Returns (dataset, example ids, replay rows)."""
@@ -121,6 +134,7 @@ def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: d
     if replay["rows"] == 0:
         return dataset, ids, 0
     rows = load_selected([path])
+    rows = rows.add_column("eos", [True] * len(rows))  # human text that ends there: it is trained to end
     ids = ids + [f"{round_idx:04d}:replay:{p}" for p in load_dataset_column([path], "prompt_id")]
     return concatenate_datasets([dataset, rows.cast(dataset.features)]), ids, len(rows)
 
@@ -128,9 +142,10 @@ def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: d
 def tokenize_examples(dataset, tokenizer):
     """Prompt/completion rows as token ids, with labels on the completion only.
 
-    The end-of-sequence token is appended only where the sample ended by itself. A sample cut off at
-    max_new_tokens did not end there, and training it to stop there teaches the model to stop mid-sentence
-    (TRL appends it to every completion of a text data set, so the data is tokenized here).
+    The end-of-sequence token is appended only where the sample ended by itself: the `eos` column (`mark_eos`)
+    where there is one, else where it was not truncated. A sample cut off at max_new_tokens did not end there, and
+    training it to stop there teaches the model to stop mid-sentence (TRL appends it to every completion of a text
+    data set, so the data is tokenized here).
     """
     eos = tokenizer.eos_token_id
 
@@ -140,7 +155,7 @@ def tokenize_examples(dataset, tokenizer):
         # Tokens can merge across the prompt/completion boundary: the completion starts where the two diverge.
         n_prompt = min(len(prompt_ids), len(ids))
         n_prompt = next((i for i in range(n_prompt) if prompt_ids[i] != ids[i]), n_prompt)
-        if not row.get("truncated", False):
+        if row.get("eos", not row.get("truncated", False)):
             ids = ids + [eos]
         return {"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]}
 
@@ -293,7 +308,7 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
             return storage.read_json(folder / "manifest.json")
         tmp = storage.tmp_folder(folder)
         files = storage.shard_files(selected_dir)
-        dataset = load_selected(files)
+        dataset = mark_eos(load_selected(files), cfg.generate.stop)
         ids = [f"{round_idx:04d}:{p}" for p in load_dataset_column(files, "prompt_id")]
         dataset, ids, n_replay = add_replay(dataset, ids, selected_dir, selected_manifest, round_idx)
         result, _, extra = fit(cfg, start_path, dataset, ids, tmp, state, record_examples)

@@ -12,7 +12,7 @@ DEFAULT = ROOT / "pipelines" / "imdb_positive.yaml"
 
 def test_default_pipeline_loads_and_round_trips_through_yaml(tmp_path: Path) -> None:
     cfg = load_config(DEFAULT)
-    assert cfg.generate.n_samples == 4 and cfg.generate.top_k == 0
+    assert cfg.generate.n_samples == 16 and cfg.generate.top_k == 0
     path = tmp_path / "again.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(path) == cfg

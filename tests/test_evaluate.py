@@ -128,6 +128,32 @@ def other_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     return path
 
 
+def row_sampled_alone(tokenizer, model, cfg):
+    """The one-pass eval sampler's sampled rows of one prompt, generated without any other row in the batch."""
+    import torch
+
+    from raft_data.backends.transformers import _completion, row_sampler, row_seed, stop_token_ids
+
+    tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer, model)
+
+    @torch.inference_mode()
+    def sample(prompt: str, seed: int, index: int) -> list:
+        enc = tokenizer([prompt] * cfg.n_samples, return_tensors="pt")
+        seeds = [row_seed(seed, index, j + 1) for j in range(cfg.n_samples)]
+        seqs = model.generate(
+            **enc,
+            do_sample=False,
+            max_new_tokens=cfg.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=sorted(stops),
+            logits_processor=row_sampler([False] * cfg.n_samples, seeds, cfg),
+        )
+        return [_completion(tokenizer, ids, stops) for ids in seqs[:, enc["input_ids"].shape[1] :].tolist()]
+
+    return sample
+
+
 def _plain_metrics(cfg, model_path: Path, base_path: Path, prompts: list[str], refs: list[str]) -> dict:
     """The metrics the slow, obvious way: a fresh backend (its own load) per generation pass, fresh loads of the
     model and the base model, one sequence at a time without padding, the base perplexity recomputed."""
@@ -141,15 +167,18 @@ def _plain_metrics(cfg, model_path: Path, base_path: Path, prompts: list[str], r
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
     sample_cfg = dataclasses.replace(cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new)
     seed, size = eval_seed(cfg.experiment.seed), sample_cfg.batch_size
-    out = {}
-    for kind, gen_cfg in (
-        ("greedy", dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)),
-        ("sampled", sample_cfg),
-    ):
-        sample = BACKENDS["transformers"](str(model_path), cfg.model, gen_cfg)
-        out[kind] = [
-            c for lo in range(0, len(prompts), size) for cs in sample(prompts[lo : lo + size], seed + lo) for c in cs
+    # greedy: a backend of its own, a pass of its own (as before the one-pass sampler); sampled: the one-pass
+    # sampler's rows, one prompt at a time and without the greedy rows beside them
+    greedy_cfg = dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)
+    greedy = BACKENDS["transformers"](str(model_path), cfg.model, greedy_cfg)
+    out = {
+        "greedy": [
+            c for lo in range(0, len(prompts), size) for cs in greedy(prompts[lo : lo + size], seed + lo) for c in cs
         ]
+    }
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    sampler = row_sampled_alone(tokenizer, AutoModelForCausalLM.from_pretrained(model_path).eval(), sample_cfg)
+    out["sampled"] = [c for i, p in enumerate(prompts) for c in sampler(p, seed, i)]
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     base = AutoModelForCausalLM.from_pretrained(base_path).eval()
@@ -206,7 +235,7 @@ def test_measure_matches_a_plain_computation(tmp_path: Path, tiny_model_dir: Pat
     want = _plain_metrics(cfg, other_model_dir, tiny_model_dir, prompts, refs)
 
     rows = table.to_pylist()
-    for kind in ("greedy", "sampled"):  # the shared load samples exactly what a backend of its own does
+    for kind in ("greedy", "sampled"):  # one pass samples exactly what a pass per kind and per prompt does
         assert [r["completion"] for r in rows if r["kind"] == kind] == want["completions"][kind]
     for key in ("perplexity", "ppl_ratio", "kl", "kl_per_token", "entropy", "distinct_2", "mean_tokens"):
         # float32 sums of tens of tokens, batched and padded against one at a time: equal to about 1e-5
@@ -241,3 +270,39 @@ def test_cached_base_perplexity_only_for_the_same_texts_and_model(tmp_path: Path
     other_dtype = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dtype="bfloat16"))
     assert cached_base_perplexity(other_dtype, prompts) is None
     assert cached_base_perplexity(cfg, prompts.drop_columns(["reference"])) is None
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(1.0, 0, 1.0), (0.5, 0, 1.0), (1.0, 2, 1.0), (1.0, 0, 0.7)]
+)
+def test_row_sampler_draws_from_the_configured_distribution(temperature: float, top_k: int, top_p: float) -> None:
+    """The one-pass eval sampler's Gumbel-max draws follow softmax(logits / T) cut by top-k and top-p; greedy rows
+    take the argmax."""
+    import dataclasses
+
+    import torch
+
+    from raft_data.backends.transformers import row_sampler
+    from raft_data.config import GenerateConfig
+
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0])
+    probs = torch.softmax(logits / temperature, -1)
+    if top_k:
+        probs[top_k:] = 0
+    if top_p < 1.0:  # keep the fewest most likely tokens whose mass reaches top_p
+        keep = (torch.cumsum(probs, 0) - probs) < top_p
+        probs = probs * keep
+    probs = probs / probs.sum()
+    cfg = dataclasses.replace(GenerateConfig(), temperature=temperature, top_k=top_k, top_p=top_p)
+    n = 4000
+    greedy = [i % 10 == 0 for i in range(n)]
+    processor = row_sampler(greedy, list(range(n)), cfg)
+    scores = processor(torch.zeros((n, 1), dtype=torch.long), logits.repeat(n, 1))
+    choice = scores.argmax(-1)
+    assert bool((scores.isinf().sum(-1) == 4).all())  # one token left per row
+    assert set(choice[torch.tensor(greedy)].tolist()) == {0}
+    drawn = choice[~torch.tensor(greedy)]
+    freq = torch.bincount(drawn, minlength=5).float() / len(drawn)
+    assert torch.allclose(freq, probs, atol=0.03), (freq, probs)
+    again = row_sampler(greedy, list(range(n)), cfg)(torch.zeros((n, 1), dtype=torch.long), logits.repeat(n, 1))
+    assert torch.equal(again, scores)  # the rows' seeds, not the call, decide

@@ -26,6 +26,7 @@ def test_one_round_on_smollm2(tmp_path, monkeypatch) -> None:
             "generate.n_samples=2",
             "generate.max_new_tokens=16",
             "generate.n_shards=2",
+            "select.drop_truncated=false",  # every prompt keeps a candidate: 4 selected
             "sft.num_train_epochs=1",
             "sft.per_device_train_batch_size=4",
         ],

@@ -59,11 +59,14 @@ def test_batched_samples_end_at_a_stop_eos_or_the_length_limit(tiny_config: Conf
     assert len(ended_on_stop) >= len(samples) // 2 and not any(c.truncated for c in ended_on_stop)
 
 
-def test_a_sample_ended_on_a_stop_string_is_trained_with_eos(tiny_config: Config) -> None:
+def test_a_sample_ended_on_a_stop_string_is_trained_without_eos(tiny_config: Config) -> None:
+    """The sampler, not the model, ended it: SFT trains the tokens the model sampled and no end-of-sequence token,
+    and the log-probabilities (KL, the rank key) score no end-of-sequence token after it either."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from raft_sft.train import tokenize_examples
+    from raft_data.models.logprobs import completion_token_ids, ended_on_eos
+    from raft_sft.train import mark_eos, tokenize_examples
 
     cfg = dataclasses.replace(tiny_config.generate, n_samples=2, max_new_tokens=8, stop=STOP)
     out = transformers_backend(tiny_config.model.name_or_path, tiny_config.model, cfg)(REVIEW_OPENINGS[:4], 3)
@@ -75,8 +78,26 @@ def test_a_sample_ended_on_a_stop_string_is_trained_with_eos(tiny_config: Config
     ]
     assert rows
     tokenizer = AutoTokenizer.from_pretrained(tiny_config.model.name_or_path)
-    encoded = tokenize_examples(Dataset.from_list(rows), tokenizer)
-    assert all(ids[-1] == tokenizer.eos_token_id for ids in encoded["input_ids"])
+    eos = tokenizer.eos_token_id
+    encoded = tokenize_examples(mark_eos(Dataset.from_list(rows), STOP), tokenizer)
+    assert not any(ids[-1] == eos for ids in encoded["input_ids"])
+    # the same rows read without the stop list (they would have ended by themselves): trained with EOS
+    encoded = tokenize_examples(mark_eos(Dataset.from_list(rows), []), tokenizer)
+    assert all(ids[-1] == eos for ids in encoded["input_ids"])
+    ended = [ended_on_eos(r["completion"], r["truncated"], STOP) for r in rows]
+    seqs, _ = completion_token_ids(tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], ended)
+    assert not any(s[-1] == eos for s in seqs)
+
+
+def test_ended_on_eos_reads_the_stop_strings() -> None:
+    from raft_data.models.logprobs import ended_on_eos
+
+    stop = [". ", "!"]
+    assert ended_on_eos("a fine film", truncated=False, stop=stop)  # no stop string at its end: the model ended it
+    assert not ended_on_eos("a fine film. ", truncated=False, stop=stop)
+    assert not ended_on_eos("what a film!", truncated=False, stop=stop)
+    assert not ended_on_eos("a fine film", truncated=True, stop=stop)
+    assert ended_on_eos("a fine film. ", truncated=False, stop=[])
 
 
 @pytest.mark.parametrize("stop", [[""], "e", [". ", 3]])

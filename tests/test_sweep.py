@@ -110,6 +110,16 @@ def test_load_grid_reads_variants(tmp_path: Path) -> None:
     assert grid.n_rounds == 2 and grid.variants == {"plain": [], "slow": ["sft.learning_rate=1.0e-5"]}
 
 
+@pytest.mark.parametrize("grid_file", sorted((Path(__file__).parents[1] / "pipelines" / "sweeps").glob("*.yaml")))
+def test_committed_grids_load_with_the_default_experiment(grid_file: Path) -> None:
+    """Every grid in pipelines/sweeps/ is valid, and so is every variant's config (checked before anything runs)."""
+    root = Path(__file__).parents[1]
+    grid = load_grid(grid_file)
+    configs = variant_configs(str(root / "pipelines" / "imdb_positive.yaml"), [], grid)
+    assert set(configs) == set(grid.variants)
+    assert len({cfg.experiment.name for cfg in configs.values()}) == len(configs)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -9,6 +9,7 @@ completed it, and the row stops generating at that step.
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Sequence
 
 from raft_data.backends.base import Completion, SampleFn
@@ -130,6 +131,87 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
                 ]
                 out.append(row)
         return out
+
+    return sample
+
+
+def row_seed(seed: int, prompt_idx: int, sample_idx: int) -> int:
+    """The seed of one row of `transformers_eval_sampler`: its own random stream, whatever batch it is in."""
+    return int(hashlib.sha256(f"{seed}:{prompt_idx}:{sample_idx}".encode()).hexdigest()[:15], 16)
+
+
+def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig):
+    """A logits processor that picks every row's next token itself and leaves `generate` (run greedy) one choice:
+    the argmax for a greedy row; for a sampled row a draw from the configured distribution (temperature, then
+    top-k, then top-p, as `generate` orders them) by the Gumbel-max trick, with noise from the row's own generator.
+    A row's tokens then depend on its seed and its logits only, not on the rows beside it."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList()
+    if cfg.temperature not in (0, 1.0):
+        warpers.append(TemperatureLogitsWarper(cfg.temperature))
+    if cfg.top_k:
+        warpers.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(cfg.top_p))
+    generators = [None if g else torch.Generator().manual_seed(s) for g, s in zip(greedy, seeds, strict=True)]
+    sampled = torch.tensor([not g for g in greedy])
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            choice = scores.argmax(-1)
+            if sampled.any():
+                rows = sampled.to(scores.device)
+                logits = warpers(input_ids[rows], scores[rows].float())
+                noise = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in generators if g is not None])
+                gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20)))
+                choice[rows] = (logits + gumbel.to(scores.device)).argmax(-1)
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, choice[:, None], 0.0)
+
+    return LogitsProcessorList([RowSampler()])
+
+
+def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
+    """Eval's sampler: one `generate` call per batch for one greedy and `cfg.n_samples` sampled completions of each
+    prompt (`row_sampler`; all of them greedy at temperature 0), instead of a pass each. Returns
+    `sample(prompts, seed, first) -> [(greedy, sampled)]`, where `first` is the index of the first prompt, so a
+    row's seed does not depend on the batching."""
+    import torch
+    from transformers import GenerationConfig
+
+    device = model.device
+    tokenizer.padding_side = "left"
+    stops = stop_token_ids(tokenizer, model)
+    k = cfg.n_samples + 1  # row 0 of each prompt is the greedy one
+    # greedy `generate`: the logits processor has already made every choice
+    gen_cfg = GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=cfg.max_new_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=sorted(stops),
+    )
+    model.generation_config = gen_cfg
+
+    @torch.inference_mode()
+    def sample(prompts: list[str], seed: int, first: int = 0) -> list[tuple[Completion, list[Completion]]]:
+        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        greedy = [j == 0 or cfg.temperature == 0 for _ in prompts for j in range(k)]
+        seeds = [row_seed(seed, first + p, j) for p in range(len(prompts)) for j in range(k)]
+        repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
+        extra = {"stopping_criteria": stop_string_criteria(tokenizer, cfg.stop, enc["input_ids"].shape[1])}
+        seqs = model.generate(
+            **repeated,
+            generation_config=gen_cfg,
+            logits_processor=row_sampler(greedy, seeds, cfg),
+            **(extra if cfg.stop else {}),
+        )
+        new = seqs[:, enc["input_ids"].shape[1] :].tolist()
+        rows = [_completion(tokenizer, ids, stops, cfg.stop) for ids in new]
+        return [(rows[p * k], rows[p * k + 1 : (p + 1) * k]) for p in range(len(prompts))]
 
     return sample
 

@@ -3,13 +3,14 @@ paper's KL-regularised rank key `r - beta * (log p_t(y|x) - log p_0(y|x))`), eva
 the entropy of the next-token distribution from the same pass) and perplexity of reference text all use.
 
 A completion is read as the generator produced it: the prompt tokenized as `generate` tokenizes it, then the
-completion's tokens, then the end-of-sequence token when the sample ended on it (not truncated).
+completion's tokens, then the end-of-sequence token when the sample ended on it: not cut by max_new_tokens and not
+ended by a stop string (`ended_on_eos`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
 from raft_data.config import ModelConfig
@@ -70,6 +71,14 @@ def sequence_logprobs(
             for i, total in zip(rows, (per_position * wanted).sum(-1).tolist(), strict=True):
                 entropies[i] = total
     return (sums, counts, entropies) if entropy else (sums, counts)
+
+
+def ended_on_eos(completion: str, truncated: bool, stop: Sequence[str] = ()) -> bool:
+    """Whether the model itself ended this sample with its end-of-sequence token. A truncated sample did not end;
+    one whose text ends with a stop string (`generate.stop`, kept in the text by every backend) was ended by the
+    sampler when the string appeared, and no end-of-sequence token was drawn. Generation stops at the first stop
+    string, so a sample that ended on EOS cannot end with one."""
+    return not truncated and not any(completion.endswith(s) for s in stop)
 
 
 def completion_token_ids(

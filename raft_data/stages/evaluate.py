@@ -23,7 +23,9 @@ and log-probabilities) and `manifest.json` (written last) whose `metrics` hold:
 - entropy: mean entropy (nats per token) of the model's next-token distribution at the sampled completions'
   positions, from the same forward pass as their log-probabilities: it falls when the model collapses.
 
-The evaluated model is loaded once for both generation passes and its log-probabilities (transformers backend).
+With the transformers backend the evaluated model is loaded once, and one `generate` call per batch of prompts
+draws both its greedy and its sampled completions (each row with its own random stream, so a row's completion
+does not depend on the batch); the same load scores them.
 
 Before round 0's eval, the base model is evaluated the same way into `<experiment>/baseline/eval/`: the
 baseline row every round is compared with.
@@ -46,13 +48,13 @@ from tqdm.auto import tqdm
 from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
-from raft_data.backends.transformers import transformers_sampler
+from raft_data.backends.transformers import transformers_eval_sampler
 from raft_data.config import Config
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts
 from raft_data.errors import ConfigError
 from raft_data.models.loading import load_tokenizer, load_tokenizer_and_model, resolve_device
-from raft_data.models.logprobs import completion_token_ids, perplexity, sequence_logprobs
+from raft_data.models.logprobs import completion_token_ids, ended_on_eos, perplexity, sequence_logprobs
 from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
 from raft_data.rewards.loading import configured_reward, load_reward, reward_values
 from raft_data.selection.engine import METRICS_DIR
@@ -156,25 +158,28 @@ def measure(
     sample_cfg = dataclasses.replace(cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new)
     greedy_cfg = dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)
 
-    # The transformers backend samples from the one load of the model that also scores its completions below;
-    # other backends run their own engine, and the model is loaded for log-probabilities only after them.
+    # The transformers backend samples greedy and sampled completions in one pass, from the one load of the model
+    # that also scores them below; other backends run their own engine, a pass per kind, and the model is loaded
+    # for log-probabilities only after them.
     device = resolve_device(cfg.generate.device)
     tokenizer = model = None
     if cfg.generate.backend == "transformers":
         tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
 
+    by_kind = (
+        eval_completions_one_pass(tokenizer, model, sample_cfg, model_texts, seed)
+        if model is not None
+        else {
+            kind: eval_completions_pass(
+                BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg), gen_cfg, model_texts, seed, kind
+            )
+            for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg))
+        }
+    )
     rows: dict[str, list] = {name: [] for name in schemas.EVAL_COMPLETIONS.names}
     completions: list[Completion] = []
-    for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg)):
-        if model is not None:
-            sample = transformers_sampler(tokenizer, model, gen_cfg)
-        else:
-            sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
-        outs: list[list[Completion]] = []
-        for lo in tqdm(range(0, len(texts), gen_cfg.batch_size), desc=f"eval {kind}", unit="batch"):
-            outs += sample(model_texts[lo : lo + gen_cfg.batch_size], seed + lo)
-        del sample
-        for pid, prompt, comps in zip(ids, texts, outs, strict=True):
+    for kind in ("greedy", "sampled"):
+        for pid, prompt, comps in zip(ids, texts, by_kind[kind], strict=True):
             for k, c in enumerate(comps):
                 rows["prompt_id"].append(pid)
                 rows["prompt"].append(prompt)
@@ -205,7 +210,7 @@ def measure(
         tokenizer,
         [conditioned[rows["prompt_id"][i]] for i in sampled],
         [completions[i].text for i in sampled],
-        [not completions[i].truncated for i in sampled],
+        [ended_on_eos(completions[i].text, completions[i].truncated, cfg.generate.stop) for i in sampled],
     )
     batch, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
     logp, n_scored, entropies = sequence_logprobs(model, seqs, starts, batch, pad_id, entropy=True)
@@ -253,6 +258,26 @@ def measure(
         levels = dict(zip(ids, prompts["level"].to_pylist(), strict=True)) if "level" in prompts.column_names else {}
         metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels)
     return table, metrics
+
+
+def eval_completions_one_pass(tokenizer, model, cfg, texts: list[str], seed: int) -> dict[str, list]:
+    """Greedy and sampled completions of each prompt from one `generate` call per batch of prompts
+    (`transformers_eval_sampler`): {"greedy": [[c], ...], "sampled": [[c1..cK], ...]}, in prompt order."""
+    sample = transformers_eval_sampler(tokenizer, model, cfg)
+    out: dict[str, list] = {"greedy": [], "sampled": []}
+    for lo in tqdm(range(0, len(texts), cfg.batch_size), desc="eval greedy+sampled", unit="batch"):
+        for greedy, sampled in sample(texts[lo : lo + cfg.batch_size], seed, first=lo):
+            out["greedy"].append([greedy])
+            out["sampled"].append(sampled)
+    return out
+
+
+def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -> list[list[Completion]]:
+    """One kind of completions (greedy or sampled) from a backend's own engine, a batch of prompts at a time."""
+    outs: list[list[Completion]] = []
+    for lo in tqdm(range(0, len(texts), cfg.batch_size), desc=f"eval {kind}", unit="batch"):
+        outs += sample(texts[lo : lo + cfg.batch_size], seed + lo)
+    return outs
 
 
 def uses_checker(cfg: Config) -> bool:

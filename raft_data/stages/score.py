@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
 from raft_data.models.loading import resolve_device
-from raft_data.models.logprobs import load_logprob_fn
+from raft_data.models.logprobs import ended_on_eos, load_logprob_fn
 from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
@@ -82,7 +82,8 @@ def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
                 )
             reward = combine(components, columns) if samples.num_rows else []
             if kl:
-                ended = [not t for t in samples["truncated"].to_pylist()]
+                truncated = samples["truncated"].to_pylist()
+                ended = [ended_on_eos(c, t, cfg.generate.stop) for c, t in zip(completions, truncated, strict=True)]
                 logp = logp_fn(prompts, completions, ended)
                 ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
                 columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
