@@ -306,3 +306,45 @@ def test_row_sampler_draws_from_the_configured_distribution(temperature: float, 
     assert torch.allclose(freq, probs, atol=0.03), (freq, probs)
     again = row_sampler(greedy, list(range(n)), cfg)(torch.zeros((n, 1), dtype=torch.long), logits.repeat(n, 1))
     assert torch.equal(again, scores)  # the rows' seeds, not the call, decide
+
+
+def test_measure_with_an_engine_backend_runs_a_pass_per_kind(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backends other than transformers (vLLM, a server) sample in their own engine: one pass of greedy and one of
+    sampled completions, each from the backend, and the model is loaded only for the log-probabilities after."""
+    import dataclasses
+
+    import pyarrow as pa
+
+    from raft_data.backends import BACKENDS
+    from raft_data.stages.evaluate import eval_seed, measure
+
+    from .conftest import REVIEW_OPENINGS, make_config
+
+    calls: list[tuple[int, float]] = []
+
+    def engine(model_path, model_cfg, gen_cfg):  # stands in for an engine: the transformers backend, counted
+        calls.append((gen_cfg.n_samples, gen_cfg.temperature))
+        return BACKENDS["transformers"](model_path, model_cfg, gen_cfg)
+
+    prompts = REVIEW_OPENINGS[:3]
+    table_in = pa.table(
+        {"prompt_id": ["a", "b", "c"], "prompt": prompts, "reference": [f"{p} fine." for p in prompts]}
+    )
+    cfg = make_config(
+        tmp_path,
+        tiny_model_dir,
+        tmp_path / "unused.jsonl",
+        generate={"backend": "openai", "api_base": "http://127.0.0.1:1/v1", "batch_size": 2, "max_new_tokens": 5},
+        eval={"n_prompts": 3, "n_samples": 2},
+    )
+    monkeypatch.setitem(BACKENDS, "openai", engine)
+    table, metrics = measure(cfg, str(tiny_model_dir), True, table_in)
+    assert calls == [(1, 0.0), (2, cfg.generate.temperature)]
+    seed = eval_seed(cfg.experiment.seed)
+    sample_cfg = dataclasses.replace(cfg.generate, backend="transformers", n_samples=2, max_new_tokens=5)
+    direct = BACKENDS["transformers"](str(tiny_model_dir), cfg.model, sample_cfg)
+    want = [c.text for lo in (0, 2) for cs in direct(prompts[lo : lo + 2], seed + lo) for c in cs]
+    assert [r["completion"] for r in table.to_pylist() if r["kind"] == "sampled"] == want
+    assert table.num_rows == 3 * 3 and metrics["kl"] == 0.0 and metrics["perplexity"] > 0
