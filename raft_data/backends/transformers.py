@@ -41,6 +41,13 @@ def stop_string_criteria(tokenizer, stop: list[str], n_prompt: int):
     return StoppingCriteriaList([StopStrings()])
 
 
+def stop_kwargs(tokenizer, stop: list[str], enc) -> dict:
+    """generate's `stopping_criteria` for a batch encoded as `enc`, when stop strings are configured."""
+    if not stop:
+        return {}
+    return {"stopping_criteria": stop_string_criteria(tokenizer, stop, enc["input_ids"].shape[1])}
+
+
 def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
     """Batched, left-padded sampling with `generate`, with exactly the configured sampling settings."""
     tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, resolve_device(cfg.device))
@@ -74,12 +81,6 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
     one_each = copy.deepcopy(gen_cfg)
     one_each.num_return_sequences = 1
 
-    def criteria(enc) -> dict:
-        """generate's `stopping_criteria` for this batch, when stop strings are configured."""
-        if not cfg.stop:
-            return {}
-        return {"stopping_criteria": stop_string_criteria(tokenizer, cfg.stop, enc["input_ids"].shape[1])}
-
     def shared_prefill_generate(enc) -> torch.Tensor:
         """Prefill each prompt once, copy its KV cache K ways, and let `generate` sample from there.
 
@@ -106,7 +107,7 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
             attention_mask=mask.repeat_interleave(k, 0),
             past_key_values=cache,
             generation_config=one_each,
-            **criteria(enc),
+            **stop_kwargs(tokenizer, cfg.stop, enc),
         )
 
     @torch.inference_mode()
@@ -121,9 +122,9 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
             elif greedy:
                 k = cfg.n_samples
                 repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
-                seqs = model.generate(**repeated, generation_config=gen_cfg, **criteria(enc))
+                seqs = model.generate(**repeated, generation_config=gen_cfg, **stop_kwargs(tokenizer, cfg.stop, enc))
             else:
-                seqs = model.generate(**enc, generation_config=gen_cfg, **criteria(enc))
+                seqs = model.generate(**enc, generation_config=gen_cfg, **stop_kwargs(tokenizer, cfg.stop, enc))
             new = seqs[:, enc["input_ids"].shape[1] :].tolist()  # rows are prompt-major: K per prompt
             for p in range(len(batch)):
                 row = [
@@ -202,12 +203,11 @@ def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
         greedy = [j == 0 or cfg.temperature == 0 for _ in prompts for j in range(k)]
         seeds = [row_seed(seed, first + p, j) for p in range(len(prompts)) for j in range(k)]
         repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
-        extra = {"stopping_criteria": stop_string_criteria(tokenizer, cfg.stop, enc["input_ids"].shape[1])}
         seqs = model.generate(
             **repeated,
             generation_config=gen_cfg,
             logits_processor=row_sampler(greedy, seeds, cfg),
-            **(extra if cfg.stop else {}),
+            **stop_kwargs(tokenizer, cfg.stop, enc),
         )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
         rows = [_completion(tokenizer, ids, stops, cfg.stop) for ids in new]
