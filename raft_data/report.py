@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from raft_data.storage import baseline_dir, read_eval, round_wall_time
 # (column title, metrics key, format) of the per-round table
 TABLE_COLUMNS = [
     ("held-out reward", "reward_sampled", "{:.3f}"),
+    ("± s.e.", "reward_sampled_se", "{:.3f}"),
     ("greedy", "reward_greedy", "{:.3f}"),
     ("second reward", "second_reward_sampled", "{:.3f}"),
     ("all samples", "reward_all", "{:.3f}"),
@@ -55,6 +57,7 @@ TABLE_COLUMNS = [
 
 # A round is flagged when its perplexity of held-out reference text is more than this many times the base model's.
 PPL_RATIO_FLAG = 1.3
+NOISE_SE = 2.0  # a move between two rounds counts when larger than this many standard errors (both combined)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading an experiment
@@ -94,12 +97,18 @@ def round_samples(rdir: Path) -> pa.Table:
 
 
 def _moves(before: dict[str, Any], after: dict[str, Any], keys: tuple[str, ...], up: bool) -> list[str]:
-    """`key a -> b` for each of `keys` known on both sides that rose (`up`) or fell."""
+    """`key a -> b` for each of `keys` known on both sides that rose (`up`) or fell. Where both sides also hold
+    `key_se` (eval's standard errors over held-out prompts), a move counts only when it is larger than
+    NOISE_SE times the two combined: a seed's noise is not a flag."""
     out = []
     for key in keys:
         a, b = before.get(key), after.get(key)
-        if a is not None and b is not None and (b > a if up else b < a):
-            out.append(f"{key} {a:.3f} -> {b:.3f}")
+        if a is None or b is None:
+            continue
+        se_a, se_b = before.get(f"{key}_se"), after.get(f"{key}_se")
+        margin = NOISE_SE * math.hypot(se_a, se_b) if se_a is not None and se_b is not None else 0.0
+        if (b - a if up else a - b) > margin:
+            out.append(f"{key} {a:.3f} -> {b:.3f}" + (f" (beyond noise, {margin:.3f})" if margin else ""))
     return out
 
 
@@ -107,7 +116,8 @@ def hacking_flags(rows: list[dict[str, Any]], ppl_ratio_max: float = PPL_RATIO_F
     """(round label, reasons) for each round that looks like reward hacking, in round order:
 
     - its training reward (reward_all or reward_selected) rose over the round before while the held-out second
-      reward (second_reward_sampled) or distinct-2 fell: the reward is bought with something it does not see;
+      reward (second_reward_sampled) or distinct-2 fell by more than its noise (`_moves`): the reward is bought with
+      something it does not see;
     - its ppl_ratio is above `ppl_ratio_max`: the model drifted from human text.
 
     `rows` are `collect`'s (baseline first); only rounds are flagged, each compared with the row before it, and a

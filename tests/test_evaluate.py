@@ -9,7 +9,7 @@ import pytest
 
 from raft_data.models.logprobs import perplexity, sequence_logprobs
 from raft_data.rounds import should_stop
-from raft_data.stages.evaluate import distinct_n, msttr
+from raft_data.stages.evaluate import by_prompt, distinct_n, jackknife_se, msttr
 
 
 def test_distinct_n_counts_ngrams_within_each_text() -> None:
@@ -29,6 +29,18 @@ def test_msttr_averages_full_segments_only() -> None:
     # fewer words than a segment: the plain type-token ratio
     assert msttr(["x x y"], segment=50) == pytest.approx(2 / 3)
     assert msttr([""], segment=4) == 0.0
+
+
+def test_jackknife_se_over_prompts() -> None:
+    groups = by_prompt(["a", "b", "a", "c", "b", "c"], [1.0, 4.0, 3.0, 0.0, 2.0, 2.0])
+    assert groups == [[1.0, 3.0], [4.0, 2.0], [0.0, 2.0]]
+    # groups of equal size: the jackknife s.e. of the mean is the plain s.e. of the group means (2, 3, 1)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    assert jackknife_se(groups, mean) == pytest.approx(math.sqrt(1.0 / 3))
+    # the same texts under every prompt: leaving one prompt out changes nothing
+    same = [["a good film", "a bad film"]] * 4
+    assert jackknife_se(same, lambda t: distinct_n(t, 2)) == pytest.approx(0.0)
+    assert jackknife_se([[1.0, 2.0]], mean) is None
 
 
 def test_should_stop_after_patience_small_rises() -> None:

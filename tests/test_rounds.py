@@ -70,6 +70,8 @@ def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
             assert m[key] is not None, key
         assert m["perplexity"] > 1
         assert 0 <= m["distinct_1"] <= 1 and 0 <= m["msttr"] <= 1 and 0 <= m["truncation_rate"] <= 1
+        for key in ("reward_sampled_se", "second_reward_sampled_se", "distinct_2_se"):
+            assert m[key] is not None and m[key] >= 0, key
         rewards = [
             r for r, k in zip(table["reward"].to_pylist(), table["kind"].to_pylist(), strict=True) if k == "sampled"
         ]

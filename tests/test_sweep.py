@@ -95,6 +95,23 @@ def test_hacking_flags_name_the_round_and_the_reason() -> None:
     assert hacking_flags(rows[:1]) == []
 
 
+def test_hacking_flags_ignore_a_fall_within_the_noise() -> None:
+    base = _row("base", distinct_2=0.960, distinct_2_se=0.010, second_reward_sampled=0.20, ppl_ratio=1.0)
+    rows = [
+        base,
+        _row("0", reward_all=0.3, distinct_2=0.950, distinct_2_se=0.010, ppl_ratio=1.0),
+        # training reward up, distinct-2 down by 0.020 < 2 * hypot(0.010, 0.010) = 0.028: noise
+        _row("1", reward_all=0.4, distinct_2=0.930, distinct_2_se=0.010, ppl_ratio=1.0),
+        # down by 0.030 > 0.028: flagged, with the margin named
+        _row("2", reward_all=0.5, distinct_2=0.900, distinct_2_se=0.010, ppl_ratio=1.0),
+        # without standard errors on both sides any fall counts, as before
+        _row("3", reward_all=0.6, distinct_2=0.899, ppl_ratio=1.0),
+    ]
+    flags = dict(hacking_flags(rows))
+    assert list(flags) == ["2", "3"]
+    assert "distinct_2 0.930 -> 0.900 (beyond noise, 0.028)" in flags["2"]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Grid files
 

@@ -21,7 +21,11 @@ and log-probabilities) and `manifest.json` (written last) whose `metrics` hold:
   KL(model || base) per sequence (exact in expectation at temperature 1, top_p 1, top_k 0);
   kl_per_token: the same sum divided by the completion tokens scored (so a shorter completion is not "closer");
 - entropy: mean entropy (nats per token) of the model's next-token distribution at the sampled completions'
-  positions, from the same forward pass as their log-probabilities: it falls when the model collapses.
+  positions, from the same forward pass as their log-probabilities: it falls when the model collapses;
+- reward_sampled_se, second_reward_sampled_se, distinct_2_se: their standard errors over held-out prompts
+  (delete-one-prompt jackknife: a prompt's K samples are not independent of each other). The report counts a fall
+  of the second reward or of distinct-2 between two rounds only when it is larger than twice the two standard
+  errors combined.
 
 With the transformers backend the evaluated model is loaded once, and one `generate` call per batch of prompts
 draws both its greedy and its sampled completions (each row with its own random stream, so a row's completion
@@ -87,6 +91,25 @@ def msttr(texts: list[str], segment: int = MSTTR_SEGMENT) -> float:
         return len(set(stream)) / len(stream)
     segments = [stream[i : i + segment] for i in range(0, len(stream) - segment + 1, segment)]
     return float(np.mean([len(set(s)) / segment for s in segments]))
+
+
+def jackknife_se(groups: list[list], statistic) -> float | None:
+    """Standard error of `statistic(items)` over groups of items (a held-out prompt's samples), by the delete-one-group
+    jackknife: sqrt((g - 1) / g * sum_i (s_-i - mean s_-i)^2), s_-i the statistic without group i. None with fewer
+    than two groups."""
+    if len(groups) < 2:
+        return None
+    left_out = [statistic([x for j, g in enumerate(groups) if j != i for x in g]) for i in range(len(groups))]
+    g = len(groups)
+    return float(np.sqrt((g - 1) / g * np.sum((np.asarray(left_out) - np.mean(left_out)) ** 2)))
+
+
+def by_prompt(prompt_ids: list, values: list) -> list[list]:
+    """`values` grouped by their prompt id, in order of first appearance."""
+    groups: dict[Any, list] = {}
+    for pid, v in zip(prompt_ids, values, strict=True):
+        groups.setdefault(pid, []).append(v)
+    return list(groups.values())
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -254,6 +277,12 @@ def measure(
         "ppl_ratio": ppl / base_ppl if ppl is not None and base_ppl else None,
         "entropy": sum(entropies) / sum(n_scored) if sum(n_scored) else None,
     }
+    sampled_ids = [rows["prompt_id"][i] for i in sampled]
+    metrics["reward_sampled_se"] = jackknife_se(by_prompt(sampled_ids, [rows["reward"][i] for i in sampled]), mean)
+    metrics["second_reward_sampled_se"] = (
+        jackknife_se(by_prompt(sampled_ids, [rows["second_reward"][i] for i in sampled]), mean) if second_fn else None
+    )
+    metrics["distinct_2_se"] = jackknife_se(by_prompt(sampled_ids, sampled_texts), lambda t: distinct_n(t, 2))
     if gold and uses_checker(cfg):
         levels = dict(zip(ids, prompts["level"].to_pylist(), strict=True)) if "level" in prompts.column_names else {}
         metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels)
