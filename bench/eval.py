@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from raft_data.backends import BACKENDS
+from raft_data.backends.transformers import AUTO_CPU_BATCH
 from raft_data.config import Config, load_config
 from raft_data.data.prompts import eval_prompts
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
@@ -60,8 +61,9 @@ def measure_separate_loads(cfg: Config, model_path: str, is_base: bool, prompts)
     for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg)):
         sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
         outs = []
-        for lo in range(0, len(texts), gen_cfg.batch_size):
-            outs += sample(texts[lo : lo + gen_cfg.batch_size], seed + lo)
+        size = gen_cfg.batch_size if isinstance(gen_cfg.batch_size, int) else AUTO_CPU_BATCH  # the bench runs on CPU
+        for lo in range(0, len(texts), size):
+            outs += sample(texts[lo : lo + size], seed + lo)
         del sample
         out[kind] = [(p, c) for p, comps in zip(texts, outs, strict=True) for c in comps]
         reward_fn([p for p, _ in out[kind]], [c.text for _, c in out[kind]])

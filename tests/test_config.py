@@ -28,6 +28,8 @@ def test_precedence_defaults_then_file_then_overrides(tmp_path: Path) -> None:
     cfg = load_config(path, ["generate.n_samples=8", "generate.temperature=0.7", "sft.learning_rate=2e-5"])
     assert cfg.generate.n_samples == 8 and cfg.generate.temperature == 0.7
     assert cfg.sft["learning_rate"] == 2e-5
+    assert load_config(path).generate.batch_size == "auto"
+    assert load_config(path, ["generate.batch_size=32"]).generate.batch_size == 32
 
 
 @pytest.mark.parametrize(
@@ -39,6 +41,8 @@ def test_precedence_defaults_then_file_then_overrides(tmp_path: Path) -> None:
         ("generate.n_sample=3", "unknown key generate.n_sample"),
         ("generat.n_samples=3", "unknown section"),
         ("generate.n_samples=many", "generate.n_samples='many'"),
+        ("generate.batch_size=big", "generate.batch_size='big'"),
+        ("generate.batch_size=0", "generate.batch_size=0"),
         ("prompts.n_prompts=0", "prompts.n_prompts=0"),
         ("model.dtype=int3", "model.dtype='int3'"),
         ("n_samples=3", "expected section.key=value"),

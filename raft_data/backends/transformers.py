@@ -48,6 +48,46 @@ def stop_kwargs(tokenizer, stop: list[str], enc) -> dict:
     return {"stopping_criteria": stop_string_criteria(tokenizer, stop, enc["input_ids"].shape[1])}
 
 
+# generate.batch_size: auto
+AUTO_CPU_BATCH = 16  # prompts per batch on CPU, where a bigger batch buys little
+AUTO_MEMORY_SHARE = 0.5  # of the GPU's memory left after the weights, for the KV cache and logits of one batch
+AUTO_MAX_BATCH = 512  # prompts per batch at most
+
+
+def kv_bytes_per_token(model) -> int:
+    """Bytes of KV cache one token of one sequence takes: keys and values of every layer's KV heads."""
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+
+
+def auto_batch_size(memory: float, per_token: int, vocab: int, tokens: int, rows_per_prompt: int) -> int:
+    """Prompts per batch whose rows (`rows_per_prompt` each, `tokens` long) fit in `memory` bytes: each row holds its
+    KV cache and three float32 copies of the next-token logits (logits, processed scores, probabilities)."""
+    per_row = per_token * tokens + 3 * 4 * vocab
+    return max(1, min(AUTO_MAX_BATCH, int(memory // (per_row * rows_per_prompt))))
+
+
+def prompt_batch_size(cfg: GenerateConfig, model, longest_prompt: int, rows_per_prompt: int) -> int:
+    """`cfg.batch_size`, with auto resolved: AUTO_CPU_BATCH off CUDA; on CUDA from the GPU's total memory (not its
+    free memory, so one GPU model always batches the same way and a rerun draws the same samples)."""
+    if cfg.batch_size != "auto":
+        return cfg.batch_size
+    if model.device.type != "cuda":
+        return AUTO_CPU_BATCH
+    import torch
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory = AUTO_MEMORY_SHARE * (torch.cuda.get_device_properties(model.device).total_memory - weights)
+    tokens = longest_prompt + cfg.max_new_tokens
+    return auto_batch_size(memory, kv_bytes_per_token(model), model.config.vocab_size, tokens, rows_per_prompt)
+
+
+def longest_prompt(tokenizer, prompts: list[str]) -> int:
+    return max((len(ids) for ids in tokenizer(prompts)["input_ids"]), default=0)
+
+
 def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
     """Batched, left-padded sampling with `generate`, with exactly the configured sampling settings."""
     tokenizer, model = load_tokenizer_and_model(model_path, model_cfg, resolve_device(cfg.device))
@@ -114,8 +154,9 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
         torch.manual_seed(seed)
         out: list[list[Completion]] = []
-        for start in range(0, len(prompts), cfg.batch_size):
-            batch = prompts[start : start + cfg.batch_size]
+        size = prompt_batch_size(cfg, model, longest_prompt(tokenizer, prompts), cfg.n_samples)
+        for start in range(0, len(prompts), size):
+            batch = prompts[start : start + size]
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
             if cfg.shared_prefill and enc["input_ids"].shape[1] > 1:
                 seqs = shared_prefill_generate(enc)
@@ -141,11 +182,12 @@ def row_seed(seed: int, prompt_idx: int, sample_idx: int) -> int:
     return int(hashlib.sha256(f"{seed}:{prompt_idx}:{sample_idx}".encode()).hexdigest()[:15], 16)
 
 
-def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig):
+def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig, device: str = "cpu"):
     """A logits processor that picks every row's next token itself and leaves `generate` (run greedy) one choice:
     the argmax for a greedy row; for a sampled row a draw from the configured distribution (temperature, then
-    top-k, then top-p, as `generate` orders them) by the Gumbel-max trick, with noise from the row's own generator.
-    A row's tokens then depend on its seed and its logits only, not on the rows beside it."""
+    top-k, then top-p, as `generate` orders them) by the Gumbel-max trick, with noise from the row's own generator
+    on `device` (the model's: the noise is drawn where the logits are). A row's tokens then depend on its seed, its
+    logits and the device's generator only, not on the rows beside it."""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -157,7 +199,10 @@ def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig):
         warpers.append(TopKLogitsWarper(cfg.top_k))
     if cfg.top_p < 1.0:
         warpers.append(TopPLogitsWarper(cfg.top_p))
-    generators = [None if g else torch.Generator().manual_seed(s) for g, s in zip(greedy, seeds, strict=True)]
+    generators = [
+        None if g else torch.Generator(device=device).manual_seed(s) for g, s in zip(greedy, seeds, strict=True)
+    ]
+    drawn = [g for g in generators if g is not None]
     sampled = torch.tensor([not g for g in greedy])
 
     class RowSampler(LogitsProcessor):
@@ -166,7 +211,7 @@ def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig):
             if sampled.any():
                 rows = sampled.to(scores.device)
                 logits = warpers(input_ids[rows], scores[rows].float())
-                noise = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in generators if g is not None])
+                noise = torch.stack([torch.rand(scores.shape[-1], generator=g, device=device) for g in drawn])
                 gumbel = -torch.log(-torch.log(noise.clamp(min=1e-20)))
                 choice[rows] = (logits + gumbel.to(scores.device)).argmax(-1)
             out = torch.full_like(scores, float("-inf"))
@@ -206,7 +251,7 @@ def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
         seqs = model.generate(
             **repeated,
             generation_config=gen_cfg,
-            logits_processor=row_sampler(greedy, seeds, cfg),
+            logits_processor=row_sampler(greedy, seeds, cfg, str(device)),
             **stop_kwargs(tokenizer, cfg.stop, enc),
         )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()

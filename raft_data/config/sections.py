@@ -100,7 +100,9 @@ class GenerateConfig:
     # empty: samples end only at end-of-sequence or max_new_tokens
     stop: list[str] = field(default_factory=list)
     # execution
-    batch_size: int = 16  # prompts per forward batch (each expanded K ways)
+    # prompts per forward batch (each expanded K ways); auto: 16 on CPU, on CUDA as many as half the GPU's memory
+    # holds for their KV cache (backends/transformers.py, prompt_batch_size)
+    batch_size: int | str = "auto"
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
     shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
@@ -144,7 +146,12 @@ class GenerateConfig:
             self.stop,
             'a list of non-empty strings, e.g. [". ", "\\n"]',
         )
-        _require(self.batch_size >= 1, "generate.batch_size", self.batch_size, ">= 1")
+        _require(
+            self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+            "generate.batch_size",
+            self.batch_size,
+            "an integer >= 1 or auto",
+        )
         _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
         _require(

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
-from raft_data.backends.transformers import transformers_eval_sampler
+from raft_data.backends.transformers import longest_prompt, prompt_batch_size, transformers_eval_sampler
 from raft_data.config import Config
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts
@@ -293,19 +293,22 @@ def eval_completions_one_pass(tokenizer, model, cfg, texts: list[str], seed: int
     """Greedy and sampled completions of each prompt from one `generate` call per batch of prompts
     (`transformers_eval_sampler`): {"greedy": [[c], ...], "sampled": [[c1..cK], ...]}, in prompt order."""
     sample = transformers_eval_sampler(tokenizer, model, cfg)
+    size = prompt_batch_size(cfg, model, longest_prompt(tokenizer, texts), cfg.n_samples + 1)
     out: dict[str, list] = {"greedy": [], "sampled": []}
-    for lo in tqdm(range(0, len(texts), cfg.batch_size), desc="eval greedy+sampled", unit="batch"):
-        for greedy, sampled in sample(texts[lo : lo + cfg.batch_size], seed, first=lo):
+    for lo in tqdm(range(0, len(texts), size), desc="eval greedy+sampled", unit="batch"):
+        for greedy, sampled in sample(texts[lo : lo + size], seed, first=lo):
             out["greedy"].append([greedy])
             out["sampled"].append(sampled)
     return out
 
 
 def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -> list[list[Completion]]:
-    """One kind of completions (greedy or sampled) from a backend's own engine, a batch of prompts at a time."""
+    """One kind of completions (greedy or sampled) from a backend's own engine, a batch of prompts at a time (with
+    batch_size auto, all in one call: the engine schedules them itself)."""
+    size = cfg.batch_size if isinstance(cfg.batch_size, int) else max(1, len(texts))
     outs: list[list[Completion]] = []
-    for lo in tqdm(range(0, len(texts), cfg.batch_size), desc=f"eval {kind}", unit="batch"):
-        outs += sample(texts[lo : lo + cfg.batch_size], seed + lo)
+    for lo in tqdm(range(0, len(texts), size), desc=f"eval {kind}", unit="batch"):
+        outs += sample(texts[lo : lo + size], seed + lo)
     return outs
 
 
