@@ -9,7 +9,7 @@ import pytest
 
 from raft_data.models.logprobs import perplexity, sequence_logprobs
 from raft_data.rounds import should_stop
-from raft_data.stages.evaluate import by_prompt, distinct_n, jackknife_se, msttr
+from raft_data.stages.evaluate import by_prompt, distinct_n, format_metrics, jackknife_se, msttr
 
 
 def test_distinct_n_counts_ngrams_within_each_text() -> None:
@@ -41,6 +41,12 @@ def test_jackknife_se_over_prompts() -> None:
     same = [["a good film", "a bad film"]] * 4
     assert jackknife_se(same, lambda t: distinct_n(t, 2)) == pytest.approx(0.0)
     assert jackknife_se([[1.0, 2.0]], mean) is None
+
+
+def test_round_line_gives_standard_errors_where_measured() -> None:
+    line = format_metrics({"reward_sampled": 0.5312, "reward_sampled_se": 0.0401, "ppl_ratio": 1.16, "kl": None})
+    assert line == "held-out reward 0.531 ± 0.040 | ppl ratio 1.16"
+    assert format_metrics({"reward_sampled": 0.5}) == "held-out reward 0.500"  # an older manifest
 
 
 def test_should_stop_after_patience_small_rises() -> None:

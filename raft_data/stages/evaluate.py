@@ -423,7 +423,12 @@ def format_metrics(m: dict[str, Any]) -> str:
         ("entropy/token", "entropy", "{:.2f}"),
         ("truncated", "truncation_rate", "{:.2f}"),
     ]
-    line = " | ".join(f"{name} {fmt.format(m[key])}" for name, key, fmt in parts if m.get(key) is not None)
+
+    def part(name: str, key: str, fmt: str) -> str:
+        se = m.get(f"{key}_se")  # the standard error over held-out prompts, where eval measured it
+        return f"{name} {fmt.format(m[key])}" + (f" ± {fmt.format(se)}" if se is not None else "")
+
+    line = " | ".join(part(*p) for p in parts if m.get(p[1]) is not None)
     passes = m.get("pass_at_k") or {}
     ks = [k for k in passes if k.startswith(("pass@", "maj@"))]
     if ks:  # held-out pass@1 and the largest k, and majority voting
