@@ -433,7 +433,8 @@ ppl ratio is the perplexity of held-out reference text over the base model's.</p
 {_img("perplexity and diversity", pngs["quality.png"])}
 <h2>Reward-hacking flags</h2>
 <p class="muted">A round is flagged when its training reward (all samples or selected) rose while the held-out
-second reward or distinct-2 fell, or when its ppl ratio is above {PPL_RATIO_FLAG:g}.</p>
+second reward or distinct-2 fell by more than {NOISE_SE:g} standard errors (the two evals' combined), or when its
+ppl ratio is above {PPL_RATIO_FLAG:g}.</p>
 {flags_html(hacking_flags(rows))}
 <h2>Held-out examples: greedy completions</h2>
 {examples_html(rows, n_examples)}
