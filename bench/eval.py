@@ -31,7 +31,7 @@ from raft_data.data.prompts import eval_prompts
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
 from raft_data.models.logprobs import completion_token_ids, ended_on_eos, perplexity, sequence_logprobs
 from raft_data.rewards.loading import configured_reward
-from raft_data.stages.evaluate import eval_seed, measure
+from raft_data.stages.evaluate import eval_completions_pass, eval_seed, measure
 
 
 def moved_copy(base: str, cfg: Config, dest: Path, scale: float = 0.002) -> str:
@@ -55,15 +55,16 @@ def measure_separate_loads(cfg: Config, model_path: str, is_base: bool, prompts)
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
     texts = prompts["prompt"].to_pylist()
     seed = eval_seed(cfg.experiment.seed)
-    sample_cfg = dataclasses.replace(cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new)
+    # batches of prompts as eval first sent them on CPU (batch_size auto is 16 there)
+    batch = AUTO_CPU_BATCH if cfg.generate.batch_size == "auto" else cfg.generate.batch_size
+    sample_cfg = dataclasses.replace(
+        cfg.generate, n_samples=cfg.eval.n_samples, max_new_tokens=max_new, batch_size=batch
+    )
     greedy_cfg = dataclasses.replace(sample_cfg, n_samples=1, temperature=0.0)
     out = {}
     for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg)):
         sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
-        outs = []
-        size = gen_cfg.batch_size if isinstance(gen_cfg.batch_size, int) else AUTO_CPU_BATCH  # the bench runs on CPU
-        for lo in range(0, len(texts), size):
-            outs += sample(texts[lo : lo + size], seed + lo)
+        outs = eval_completions_pass(sample, gen_cfg, texts, seed, kind)
         del sample
         out[kind] = [(p, c) for p, comps in zip(texts, outs, strict=True) for c in comps]
         reward_fn([p for p, _ in out[kind]], [c.text for _, c in out[kind]])

@@ -142,10 +142,9 @@ def add_replay(dataset, ids: list[str], selected_dir: Path, selected_manifest: d
 def tokenize_examples(dataset, tokenizer):
     """Prompt/completion rows as token ids, with labels on the completion only.
 
-    The end-of-sequence token is appended only where the sample ended by itself: the `eos` column (`mark_eos`)
-    where there is one, else where it was not truncated. A sample cut off at max_new_tokens did not end there, and
-    training it to stop there teaches the model to stop mid-sentence (TRL appends it to every completion of a text
-    data set, so the data is tokenized here).
+    The end-of-sequence token is appended only where the sample ended by itself: the `eos` column (`mark_eos`). A
+    sample cut off at max_new_tokens did not end there, and training it to stop there teaches the model to stop
+    mid-sentence (TRL appends it to every completion of a text data set, so the data is tokenized here).
     """
     eos = tokenizer.eos_token_id
 
@@ -155,7 +154,7 @@ def tokenize_examples(dataset, tokenizer):
         # Tokens can merge across the prompt/completion boundary: the completion starts where the two diverge.
         n_prompt = min(len(prompt_ids), len(ids))
         n_prompt = next((i for i in range(n_prompt) if prompt_ids[i] != ids[i]), n_prompt)
-        if row.get("eos", not row.get("truncated", False)):
+        if row["eos"]:
             ids = ids + [eos]
         return {"input_ids": ids, "labels": [-100] * n_prompt + ids[n_prompt:]}
 

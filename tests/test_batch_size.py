@@ -34,20 +34,27 @@ def _fake_model(device: str):
     return SimpleNamespace(device=SimpleNamespace(type=device), config=config, parameters=lambda: iter(weights))
 
 
+def _tokenizer(prompts: list[str]) -> dict:
+    """A stand-in tokenizer: one token per character."""
+    return {"input_ids": [list(range(len(p))) for p in prompts]}
+
+
 def test_prompt_batch_size_reads_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
+
+    prompts = ["x" * 40, "x" * 12]  # the longest: 40 tokens, + 32 new = 72
 
     cfg = GenerateConfig(n_samples=8, max_new_tokens=32)
     assert cfg.batch_size == "auto"
     assert tb.kv_bytes_per_token(_fake_model("cpu")) == SMOLLM2_KV_BYTES  # head_dim from hidden_size / heads
-    assert tb.prompt_batch_size(cfg, _fake_model("cpu"), 40, 8) == tb.AUTO_CPU_BATCH
+    assert tb.prompt_batch_size(cfg, _fake_model("cpu"), _tokenizer, prompts, 8) == tb.AUTO_CPU_BATCH
     # on CUDA: half of (total memory - weights); a GPU with 2 GiB + 4,000 bytes leaves 1 GiB: 34 prompts, as above
     gpu = SimpleNamespace(total_memory=2 * 2**30 + 4000)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
-    assert tb.prompt_batch_size(cfg, _fake_model("cuda"), 40, 8) == 34
+    assert tb.prompt_batch_size(cfg, _fake_model("cuda"), _tokenizer, prompts, 8) == 34
     # a number given is used as it is, on any device
     fixed = GenerateConfig(n_samples=8, max_new_tokens=32, batch_size=5)
-    assert tb.prompt_batch_size(fixed, _fake_model("cuda"), 40, 8) == 5
+    assert tb.prompt_batch_size(fixed, _fake_model("cuda"), _tokenizer, prompts, 8) == 5
 
 
 def test_auto_on_cpu_draws_what_16_draws(tiny_model_dir) -> None:

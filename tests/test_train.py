@@ -64,7 +64,7 @@ def test_end_of_sequence_is_trained_only_where_the_sample_ended(tiny_model_dir) 
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from raft_sft.train import tokenize_examples
+    from raft_sft.train import mark_eos, tokenize_examples
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = {
@@ -72,7 +72,7 @@ def test_end_of_sequence_is_trained_only_where_the_sample_ended(tiny_model_dir) 
         "completion": [" great fun.", " great fun and"],
         "truncated": [False, True],
     }
-    encoded = tokenize_examples(Dataset.from_dict(rows), tokenizer)
+    encoded = tokenize_examples(mark_eos(Dataset.from_dict(rows), stop=[]), tokenizer)
     ended, cut = encoded[0], encoded[1]
     n_prompt = len(tokenizer("The film is")["input_ids"])
     assert ended["input_ids"][-1] == tokenizer.eos_token_id and ended["labels"][-1] == tokenizer.eos_token_id

@@ -9,11 +9,10 @@ completed it, and the row stops generating at that step.
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Sequence
 
 from raft_data.backends.base import Completion, SampleFn
-from raft_data.config import GenerateConfig, ModelConfig
+from raft_data.config import GenerateConfig, ModelConfig, derived_seed
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
 
 
@@ -69,9 +68,10 @@ def auto_batch_size(memory: float, per_token: int, vocab: int, tokens: int, rows
     return max(1, min(AUTO_MAX_BATCH, int(memory // (per_row * rows_per_prompt))))
 
 
-def prompt_batch_size(cfg: GenerateConfig, model, longest_prompt: int, rows_per_prompt: int) -> int:
-    """`cfg.batch_size`, with auto resolved: AUTO_CPU_BATCH off CUDA; on CUDA from the GPU's total memory (not its
-    free memory, so one GPU model always batches the same way and a rerun draws the same samples)."""
+def prompt_batch_size(cfg: GenerateConfig, model, tokenizer, prompts: list[str], rows_per_prompt: int) -> int:
+    """`cfg.batch_size`, with auto resolved: AUTO_CPU_BATCH off CUDA; on CUDA for the longest of `prompts`, from the
+    GPU's total memory (not its free memory, so one GPU model always batches the same way and a rerun draws the same
+    samples)."""
     if cfg.batch_size != "auto":
         return cfg.batch_size
     if model.device.type != "cuda":
@@ -80,12 +80,8 @@ def prompt_batch_size(cfg: GenerateConfig, model, longest_prompt: int, rows_per_
 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     memory = AUTO_MEMORY_SHARE * (torch.cuda.get_device_properties(model.device).total_memory - weights)
-    tokens = longest_prompt + cfg.max_new_tokens
+    tokens = max((len(ids) for ids in tokenizer(prompts)["input_ids"]), default=0) + cfg.max_new_tokens
     return auto_batch_size(memory, kv_bytes_per_token(model), model.config.vocab_size, tokens, rows_per_prompt)
-
-
-def longest_prompt(tokenizer, prompts: list[str]) -> int:
-    return max((len(ids) for ids in tokenizer(prompts)["input_ids"]), default=0)
 
 
 def transformers_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
@@ -154,7 +150,7 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
         torch.manual_seed(seed)
         out: list[list[Completion]] = []
-        size = prompt_batch_size(cfg, model, longest_prompt(tokenizer, prompts), cfg.n_samples)
+        size = prompt_batch_size(cfg, model, tokenizer, prompts, cfg.n_samples)
         for start in range(0, len(prompts), size):
             batch = prompts[start : start + size]
             enc = tokenizer(batch, return_tensors="pt", padding=True).to(device)
@@ -179,7 +175,7 @@ def transformers_sampler(tokenizer, model, cfg: GenerateConfig) -> SampleFn:
 
 def row_seed(seed: int, prompt_idx: int, sample_idx: int) -> int:
     """The seed of one row of `transformers_eval_sampler`: its own random stream, whatever batch it is in."""
-    return int(hashlib.sha256(f"{seed}:{prompt_idx}:{sample_idx}".encode()).hexdigest()[:15], 16)
+    return derived_seed(seed, prompt_idx, sample_idx, hex_digits=15)
 
 
 def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig, device: str = "cpu"):

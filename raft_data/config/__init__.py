@@ -2,7 +2,14 @@
 with `section.key=value` overrides, and hashed so that artifacts of two configs never mix (`loader`).
 """
 
-from raft_data.config.loader import config_from_dict, config_hash, load_config, parse_override, read_yaml
+from raft_data.config.loader import (
+    config_from_dict,
+    config_hash,
+    derived_seed,
+    load_config,
+    parse_override,
+    read_yaml,
+)
 from raft_data.config.sections import (
     SECTIONS,
     Config,
@@ -32,6 +39,7 @@ __all__ = [
     "SelectConfig",
     "config_from_dict",
     "config_hash",
+    "derived_seed",
     "load_config",
     "parse_override",
     "read_yaml",

@@ -161,6 +161,12 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     return config_from_dict(data)
 
 
+def derived_seed(*parts: Any, hex_digits: int = 8) -> int:
+    """A seed that depends on nothing but `parts` (the experiment seed, then what it is for: a round and shard, the
+    eval, a row): the first `hex_digits` hex digits of the SHA-256 of the parts joined by ':'."""
+    return int(hashlib.sha256(":".join(map(str, parts)).encode()).hexdigest()[:hex_digits], 16)
+
+
 def config_hash(data: Any) -> str:
     """A short, stable hash of JSON-able data (sorted keys), used to refuse mixing artifacts of two configs."""
     blob = json.dumps(data, sort_keys=True, default=str).encode()

@@ -52,8 +52,8 @@ from tqdm.auto import tqdm
 from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
-from raft_data.backends.transformers import longest_prompt, prompt_batch_size, transformers_eval_sampler
-from raft_data.config import Config
+from raft_data.backends.transformers import prompt_batch_size, transformers_eval_sampler
+from raft_data.config import Config, derived_seed
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts
 from raft_data.errors import ConfigError
@@ -130,7 +130,7 @@ def round_rewards(rdir: Path) -> dict[str, Any]:
 
 def eval_seed(seed: int) -> int:
     """One sampling seed for every evaluation of an experiment, so rounds differ only by their model."""
-    return int(hashlib.sha256(f"{seed}:eval".encode()).hexdigest()[:8], 16)
+    return derived_seed(seed, "eval")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -293,7 +293,7 @@ def eval_completions_one_pass(tokenizer, model, cfg, texts: list[str], seed: int
     """Greedy and sampled completions of each prompt from one `generate` call per batch of prompts
     (`transformers_eval_sampler`): {"greedy": [[c], ...], "sampled": [[c1..cK], ...]}, in prompt order."""
     sample = transformers_eval_sampler(tokenizer, model, cfg)
-    size = prompt_batch_size(cfg, model, longest_prompt(tokenizer, texts), cfg.n_samples + 1)
+    size = prompt_batch_size(cfg, model, tokenizer, texts, cfg.n_samples + 1)
     out: dict[str, list] = {"greedy": [], "sampled": []}
     for lo in tqdm(range(0, len(texts), size), desc="eval greedy+sampled", unit="batch"):
         for greedy, sampled in sample(texts[lo : lo + size], seed, first=lo):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 
 from raft_data import storage
 from raft_data.backends import BACKENDS
-from raft_data.config import Config, config_hash
+from raft_data.config import Config, config_hash, derived_seed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
@@ -40,8 +39,7 @@ from raft_data.storage import schemas
 
 def shard_seed(seed: int, round_idx: int, shard_idx: int) -> int:
     """A shard's sampling seed depends on nothing but (seed, round, shard)."""
-    digest = hashlib.sha256(f"{seed}:{round_idx}:{shard_idx}".encode()).hexdigest()
-    return int(digest[:8], 16)
+    return derived_seed(seed, round_idx, shard_idx)
 
 
 def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
