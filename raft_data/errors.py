@@ -27,3 +27,7 @@ class ModelLoadError(UserError, ValueError):
 
 class BackendError(UserError, ValueError):
     """A backend that cannot run or a server that refuses the requests; the message says which and why."""
+
+
+class DiskError(UserError, OSError):
+    """A folder or file the stage must write that the disk refuses (full, read-only, no rights, immutable)."""

@@ -33,7 +33,7 @@ def resolve_selected(data: list[str]) -> list[Path]:
             if not (path / "manifest.json").is_file():
                 raise StageError(f"--data {path} is not a finished selected/ folder (no manifest.json)")
             manifest = storage.read_json(path / "manifest.json")
-            storage.verify_shards(path, manifest, "select", manifest.get("round", 0))
+            storage.verify_files(path, manifest, "select", manifest.get("round", 0))
             if path.resolve() not in [f.resolve() for f in folders]:
                 folders.append(path)
     return folders
@@ -49,6 +49,7 @@ def lineage(folder: Path) -> dict[str, Any]:
         "experiment": folder.parent.parent.name,
         "round": manifest.get("round"),
         "config_hash": manifest.get("config_hash"),
+        "identity": manifest.get("identity"),
         "rows": sum(load_counts(folder)),
         "teacher": teacher,
     }

@@ -279,7 +279,7 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
     """Run the SFT stage of one round; returns its manifest."""
     rdir = storage.round_dir(cfg, round_idx)
     selected_dir = rdir / storage.STAGE_FOLDERS["select"]
-    selected_manifest = storage.read_verified(selected_dir, "select", round_idx)
+    selected_manifest, selected_ref = storage.read_input(cfg, "select", round_idx)
     check_sft_section(cfg)
     if selected_manifest.get("format") == "pairs":
         raise StageError(
@@ -288,20 +288,18 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
         )
     if selected_manifest["counts"].get("selected") == 0:
         raise StageError(empty_selection(round_idx, selected_manifest))
-    start_path, start_id = storage.policy_for_round(cfg, round_idx, role="train")
+    start_path, start_ref = storage.policy_for_round(cfg, round_idx, role="train")
     folder = rdir / storage.STAGE_FOLDERS["train"]
-    stage_cfg = {
-        "sft": cfg.sft,
-        "model": {**cfg.model.__dict__, "start": start_id},
-        "seed": cfg.experiment.seed,
-        "selected": selected_manifest["config_hash"],
-        "round": round_idx,
-    }
+    stage_cfg = {"sft": cfg.sft, "model": cfg.model.__dict__, "seed": cfg.experiment.seed, "round": round_idx}
     if cfg.lora.r > 0:
         stage_cfg["lora"] = dict(cfg.lora.__dict__)
     state = process_state()
     owner = state.is_main_process
-    with storage.stage("train", folder, stage_cfg, round_idx, force, in_place=False, owner=owner) as run:
+    inputs = {"selected": selected_ref, "start_model": start_ref}
+    neighbours = storage.neighbours(cfg, "train", round_idx)
+    with storage.stage(
+        "train", folder, stage_cfg, round_idx, force, in_place=False, owner=owner, inputs=inputs, neighbours=neighbours
+    ) as run:
         state.wait_for_everyone()
         if (folder / "manifest.json").exists() and (run.done or not owner):
             return storage.read_json(folder / "manifest.json")
@@ -317,7 +315,7 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
             run,
             "train",
             round_idx,
-            inputs={"selected": selected_manifest["config_hash"], "start_model": start_id},
+            inputs={"start_model_path": start_path},
             counts={
                 "examples": len(dataset),
                 **({"replay": n_replay} if n_replay is not None else {}),

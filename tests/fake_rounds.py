@@ -69,4 +69,23 @@ def write_round(cfg: Config, round_idx: int, rows: list[dict], n_shards: int = 2
             pq.write_table(table, folder / storage.shard_name(s, n_shards))  # no fsync: test data
         manifest = {"stage": stage, "round": round_idx, "config_hash": f"{stage}-{round_idx}", "config": {}}
         manifest["counts"] = {"prompts": len({r["prompt_id"] for r in rows}), "rows": len(rows), "shards": n_shards}
+        manifest["files"] = storage.inventory(folder)
+        manifest["identity"] = storage.manifests.identity(manifest["files"])
+        if stage == "score":  # scores name the samples they scored, as the score stage records them
+            samples = storage.read_json(rdir / storage.STAGE_FOLDERS["generate"] / "manifest.json")
+            manifest["inputs"] = {"samples": storage.input_ref(rdir / storage.STAGE_FOLDERS["generate"], samples)}
         storage.write_json(manifest, folder / "manifest.json")
+
+
+def relist(folder: Path) -> None:
+    """Rewrite a fake stage's file list after a test changed its files on purpose (the checksums then agree, so
+    what is tested is the check behind them)."""
+    manifest = storage.read_json(folder / "manifest.json")
+    manifest["files"] = storage.inventory(folder)
+    manifest["identity"] = storage.manifests.identity(manifest["files"])
+    storage.write_json(manifest, folder / "manifest.json")
+    downstream = folder.parent / storage.STAGE_FOLDERS["score"] / "manifest.json"
+    if folder.name == storage.STAGE_FOLDERS["generate"] and downstream.exists():
+        scores = storage.read_json(downstream)
+        scores["inputs"] = {"samples": storage.input_ref(folder, manifest)}
+        storage.write_json(scores, downstream)

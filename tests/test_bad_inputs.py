@@ -132,7 +132,7 @@ def cases(w: World, f: dict[str, str]) -> list[tuple[str, list[str], str]]:
         ("n-shards", g("generate.n_shards=0"), "generate.n_shards=0"),
         ("device", g("generate.device=tpu"), "generate.device='tpu'"),
         ("long-prompts", g("generate.long_prompts=drop"), "generate.long_prompts='drop'"),
-        ("executor", g("generate.executor=slurm"), "generate.executor='slurm'"),
+        ("executor", g("executor.kind=slurmx"), "executor.kind='slurmx'"),
         ("api-base", g("generate.api_base=ftp://x"), "generate.api_base='ftp://x'"),
         ("api-endpoint", g("generate.api_endpoint=embeddings"), "generate.api_endpoint='embeddings'"),
         ("backend", g("generate.backend=nope"), "generate.backend='nope' is unknown"),

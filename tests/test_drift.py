@@ -38,7 +38,7 @@ def fake_run(cfg: Config, monkeypatch: pytest.MonkeyPatch, ppl_ratios: list[floa
     def train(cfg: Config, round_idx: int) -> dict:
         calls["train"].append(round_idx)
         calls["train_from"].append(storage.policy_for_round(cfg, round_idx, role="train")[0])
-        manifest = {"stage": "train", "round": round_idx, "config_hash": f"model{round_idx}"}
+        manifest = {"stage": "train", "round": round_idx, "config_hash": f"model{round_idx}", "files": {}}
         storage.write_json(manifest, storage.round_dir(cfg, round_idx) / "model" / "manifest.json")
         return manifest
 

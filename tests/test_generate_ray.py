@@ -26,7 +26,7 @@ def test_ray_shards_match_local_run_and_resume(tmp_path, tiny_model_dir, prompts
     local = make_config(tmp_path / "local", tiny_model_dir, prompts_file)
     generate(local, 0)
 
-    on_ray = make_config(tmp_path / "ray", tiny_model_dir, prompts_file, generate={"executor": "ray"})
+    on_ray = make_config(tmp_path / "ray", tiny_model_dir, prompts_file, executor={"kind": "ray"})
     generate(on_ray, 0, shard=1)  # as if a first attempt died after one shard
     done_first = (storage.round_dir(on_ray, 0) / "samples" / "shard-00001-of-00003.done").read_text()
     manifest = generate(on_ray, 0)

@@ -12,7 +12,8 @@ import pytest
 from raft_data import storage
 from raft_data.cli.stages import generate_command as main
 from raft_data.errors import ConfigError, StageError
-from raft_data.stages.generate import generate, shard_lock
+from raft_data.stages.generate import generate
+from raft_data.storage.shards import shard_lock
 
 from .conftest import ROOT, make_config
 
@@ -67,7 +68,7 @@ def test_manifest_waits_for_every_shard(tmp_path, tiny_config):
     assert [p.name for p in storage.shard_files(samples_dir(tiny_config))] == ["shard-00002-of-00003.parquet"]
 
     # a plain run leaves a shard that another worker holds, and does not finalise without it
-    with shard_lock(rdir, 1, 3):
+    with shard_lock(rdir, "generate", 1, 3):
         assert generate(tiny_config, 0) is None
         with pytest.raises(StageError, match="already running"):
             generate(tiny_config, 0, shard=1)

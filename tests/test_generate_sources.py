@@ -61,7 +61,7 @@ def test_references_and_another_model_ranked_with_policy(tmp_path, tiny_model_di
     samples = read_samples(cfg)
     rows = samples.to_pylist()
     assert manifest["samples_by_source"] == {"other": 16, "policy": 16, "reference": 8}
-    assert manifest["inputs"]["source:reference"] == str(REAL_PROMPTS)
+    assert manifest["input_details"]["source:reference"] == str(REAL_PROMPTS)
     keys = [(r["prompt_id"], r["sample_idx"]) for r in rows]
     assert len(keys) == len(set(keys)), "sample_idx must be unique per prompt across sources"
     prompts = pq.read_table(storage.round_dir(cfg, 0) / "prompts.parquet").to_pylist()

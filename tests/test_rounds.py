@@ -60,7 +60,7 @@ def test_two_rounds_write_eval_folders_with_metrics(two_rounds: Config) -> None:
     folders = [baseline_dir(cfg)] + [storage.round_dir(cfg, r) / "eval" for r in (0, 1)]
     for folder in folders:
         manifest = json.loads((folder / "manifest.json").read_text())
-        table = pq.read_table(folder / "completions.parquet")
+        table = storage.read_eval(folder)[1]
         assert table.schema.equals(schemas.EVAL_COMPLETIONS)
         assert table.num_rows == n_eval * (1 + EVAL["n_samples"])
         # evaluated on held-out prompts only
@@ -113,7 +113,7 @@ def test_report_renders_html_with_plots(two_rounds: Config, tmp_path: Path) -> N
     assert page.count("<tr>") >= 4  # header, base, round 0, round 1 in the metrics table at least
     assert "kept" in page and "rejected" in page
     # the latest model's greedy completions appear in the examples table
-    latest = pq.read_table(storage.round_dir(two_rounds, 1) / "eval" / "completions.parquet").to_pylist()
+    latest = storage.read_eval(storage.round_dir(two_rounds, 1) / "eval")[1].to_pylist()
     import html
 
     greedy = [r["completion"] for r in latest if r["kind"] == "greedy"]
@@ -171,7 +171,7 @@ def test_offline_mode_and_sft_from_base_choose_models(tmp_path: Path, tiny_model
         cfg = rounds_config(tmp_path, tiny_model_dir, rounds={"mode": mode, "sft_from": sft_from})
         prev = storage.round_dir(cfg, 0) / "model"
         prev.mkdir(parents=True, exist_ok=True)
-        (prev / "manifest.json").write_text(json.dumps({"config_hash": "abc"}))
+        (prev / "manifest.json").write_text(json.dumps({"config_hash": "abc", "files": {}}))
         want = {"prev": str(prev), "base": base}
         assert storage.policy_for_round(cfg, 1, role="generate")[0] == want[want_generate]
         assert storage.policy_for_round(cfg, 1, role="train")[0] == want[want_train]
@@ -206,7 +206,7 @@ def test_eval_uses_the_weighted_reward_the_score_stage_writes(tmp_path: Path, ti
     components = [{"ref": "vader", "weight": 0.5}, {"ref": "length", "weight": 0.01}]
     cfg = rounds_config(tmp_path, tiny_model_dir, score={"reward": components})
     evaluate_model(cfg, None)
-    table = pq.read_table(baseline_dir(cfg) / "completions.parquet").to_pydict()
+    table = storage.read_eval(baseline_dir(cfg))[1].to_pydict()
     prompts, completions = table["prompt"], table["completion"]
     expected = [
         0.5 * v + 0.01 * n for v, n in zip(vader(prompts, completions), length(prompts, completions), strict=True)
@@ -226,7 +226,7 @@ def test_drift_metrics_per_round_in_status_and_report(two_rounds: Config, tmp_pa
         assert m["ppl_ratio"] == pytest.approx(m["perplexity"] / b["perplexity"])
         assert m["entropy"] > 0 and m["mean_tokens"] > 0
         # one sum of log-ratios, over sequences and over tokens: their ratio is the mean completion length
-        table = pq.read_table(storage.round_dir(two_rounds, r) / "eval" / "completions.parquet").to_pylist()
+        table = storage.read_eval(storage.round_dir(two_rounds, r) / "eval")[1].to_pylist()
         ratios = [row["logp"] - row["ref_logp"] for row in table if row["kind"] == "sampled"]
         assert m["kl"] == pytest.approx(sum(ratios) / len(ratios))
         assert 1 <= m["kl"] / m["kl_per_token"] <= two_rounds.generate.max_new_tokens + 1

@@ -63,14 +63,14 @@ def real_rows(cfg: Config, rounds: list[int]) -> list[dict]:
     return rows
 
 
-def with_select(cfg: Config, tmp_path: Path, **select_cfg: object) -> Config:
-    """A copy of the experiment (its rounds copied to tmp_path) with other select settings."""
+def with_select(cfg: Config, tmp_path: Path, reselect: int = 1, **select_cfg: object) -> Config:
+    """A copy of the experiment (its rounds copied to tmp_path) with other select settings, without the selection of
+    round `reselect` (round 1 has none; without round 0's, its model and round 1's samples are stale)."""
     new = Config(**{**cfg.__dict__})
     new.experiment = type(cfg.experiment)(name="copy", output_root=str(tmp_path / "runs"), seed=cfg.experiment.seed)
     new.select = type(cfg.select)(**select_cfg)
-    shutil.copytree(
-        storage.experiment_dir(cfg), storage.experiment_dir(new), ignore=shutil.ignore_patterns("selected")
-    )
+    shutil.copytree(storage.experiment_dir(cfg), storage.experiment_dir(new))
+    shutil.rmtree(storage.round_dir(new, reselect) / "selected", ignore_errors=True)
     return new
 
 
@@ -105,7 +105,7 @@ def test_strategies_and_guards_on_a_real_round(real_round, tmp_path: Path, selec
 
 def test_inspect_prints_counts_quantiles_and_examples(real_round, tmp_path: Path, capsys) -> None:
     config_path, base = real_round
-    cfg = with_select(base, tmp_path, min_margin=0.05)
+    cfg = with_select(base, tmp_path, reselect=0, min_margin=0.05)
     config_path = tmp_path / "copy.yaml"
     config_path.write_text(cfg.to_yaml())
     select(cfg, 0)
@@ -173,7 +173,7 @@ def test_messages_form_trains_with_trl(real_round, tmp_path: Path, tiny_model_di
     from trl import SFTConfig, SFTTrainer
 
     _, base = real_round
-    cfg = with_select(base, tmp_path, format="messages")
+    cfg = with_select(base, tmp_path, reselect=0, format="messages")
     select(cfg, 0)
     folder = storage.round_dir(cfg, 0) / "selected"
     ds = load_dataset("parquet", data_files=str(folder / "shard-*.parquet"), split="train")

@@ -17,7 +17,7 @@ from raft_data.selection.engine import GUARDS
 from raft_data.stages import select as select_module
 from raft_data.stages.select import select
 
-from .fake_rounds import fake_config, random_rows, write_round
+from .fake_rounds import fake_config, random_rows, relist, write_round
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The brute-force reference
@@ -351,6 +351,9 @@ def test_scores_out_of_line_with_samples_are_refused(tmp_path: Path) -> None:
     path = storage.shard_files(storage.round_dir(cfg, 0) / "scores")[0]
     table = pq.read_table(path)
     pq.write_table(table.take(list(range(table.num_rows))[::-1]), path)
+    with pytest.raises(DataError, match="is damaged"):  # its checksum no longer matches
+        select(cfg, 0)
+    relist(path.parent)  # and with the checksum made to agree, the check behind it
     with pytest.raises(DataError, match="scores rows do not line up with their samples rows"):
         select(cfg, 0)
     assert not (storage.round_dir(cfg, 0) / "selected").exists()

@@ -44,7 +44,7 @@ def test_round_one_samples_from_and_trains_from_round_zeros_model(tiny_config) -
     build_round(tiny_config, 0)
     train(tiny_config, 0)
     manifest = generate(tiny_config, 1)
-    assert manifest["inputs"]["model"].startswith("round-0000:")
+    assert manifest["inputs"]["model"]["stage"] == "round-0000/model"
     score(tiny_config, 1)
     select(tiny_config, 1)
     manifest = train(tiny_config, 1)

@@ -12,6 +12,7 @@ from typing import Any
 
 from raft_data.config import Config, load_config
 from raft_data.errors import UserError
+from raft_data.storage.files import disk_failure
 
 DEFAULT_CONFIG = "pipelines/imdb_positive.yaml"
 # `--debug` anywhere on the command line (or RAFT_DEBUG=1): user errors keep their traceback and its causes
@@ -77,6 +78,11 @@ def guarded(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if DEBUG["on"]:
             raise
         fail(str(e))
+    except OSError as e:  # a write the disk refused deep inside a library (a model save, say)
+        failure = disk_failure(e)
+        if failure is None or DEBUG["on"]:
+            raise
+        fail(str(failure))
 
 
 def run_stage(

@@ -4,11 +4,14 @@ Run as:
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
     raft-data score    --config pipelines/imdb_positive.yaml --round 0
+    raft-data score    --config pipelines/imdb_positive.yaml --round 0 executor.kind=slurm     # an array job
     raft-data select   --config pipelines/imdb_positive.yaml --round 0 select.strategy=top_n_per_prompt select.n=2
     raft-data eval     --config pipelines/imdb_positive.yaml --round 0
 """
 
 from __future__ import annotations
+
+import argparse
 
 from raft_data.cli.common import Parser, add_stage_args, run_stage
 from raft_data.selection.engine import strategies
@@ -18,18 +21,23 @@ from raft_data.stages.score import score
 from raft_data.stages.select import select
 
 
-def generate_command(argv: list[str] | None = None) -> None:
-    parser = Parser(
-        prog="raft-data generate",
-        description="Sample K completions per prompt for one round and write them as Parquet shards.",
-    )
-    add_stage_args(parser)
+def add_shard_args(parser: argparse.ArgumentParser, count: str) -> argparse.ArgumentParser:
+    """`--shard i --num-shards n`: one process runs one shard (a Slurm array task, say); the last to finish, or a
+    plain rerun, writes the manifest."""
     parser.add_argument(
         "--shard", type=int, default=None, help="run only this shard (0-based), e.g. a Slurm array task's index"
     )
-    parser.add_argument(
-        "--num-shards", type=int, default=None, help="the round's shard count; must equal generate.n_shards"
+    parser.add_argument("--num-shards", type=int, default=None, help=f"the stage's shard count; must equal {count}")
+    return parser
+
+
+def generate_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data generate",
+        description="Sample K completions per prompt for one round and write them as Parquet shards. "
+        "executor.kind=ray|slurm runs the shards there.",
     )
+    add_shard_args(add_stage_args(parser), "generate.n_shards")
     run_stage(
         parser,
         argv,
@@ -38,8 +46,13 @@ def generate_command(argv: list[str] | None = None) -> None:
 
 
 def score_command(argv: list[str] | None = None) -> None:
-    parser = Parser(prog="raft-data score", description="Score every sample of one round with the configured reward.")
-    run_stage(add_stage_args(parser), argv, lambda cfg, a: score(cfg, a.round, force=a.force))
+    parser = Parser(
+        prog="raft-data score",
+        description="Score every sample of one round with the configured reward, one scores shard per samples "
+        "shard. executor.kind=ray|slurm runs the shards there.",
+    )
+    add_shard_args(add_stage_args(parser), "the number of samples shards")
+    run_stage(parser, argv, lambda cfg, a: score(cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards))
 
 
 def select_command(argv: list[str] | None = None) -> None:
@@ -54,6 +67,10 @@ def select_command(argv: list[str] | None = None) -> None:
 def eval_command(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="raft-data eval",
-        description="Evaluate a round's fine-tuned model on held-out prompts (round 0 also evaluates the base model).",
+        description="Evaluate a round's fine-tuned model on held-out prompts (round 0 also evaluates the base model), "
+        "in eval.n_shards shards. executor.kind=ray|slurm runs the shards there.",
     )
-    run_stage(add_stage_args(parser), argv, lambda cfg, a: evaluate(cfg, a.round, force=a.force))
+    add_shard_args(add_stage_args(parser), "eval.n_shards")
+    run_stage(
+        parser, argv, lambda cfg, a: evaluate(cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards)
+    )

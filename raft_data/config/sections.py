@@ -106,8 +106,6 @@ class GenerateConfig:
     n_shards: int = 4  # part of the config hash: cannot change on a relaunch
     device: str = "auto"  # auto | cpu | cuda
     shared_prefill: bool = False  # transformers: encode each prompt once and expand its KV cache K ways
-    executor: str = "local"  # local: shards one after another here | ray: one Ray task per shard
-    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
     # adaptive sampling (checkable answers): after the first pass of n_samples per prompt, further passes of
     # n_samples each only for prompts with fewer than adaptive_target correct samples, up to adaptive_budget
     # samples per prompt in all; 0 turns it off (uniform K)
@@ -166,19 +164,12 @@ class GenerateConfig:
             self.long_prompts,
             "skip|truncate_left",
         )
-        _require(self.executor in ("local", "ray"), "generate.executor", self.executor, "local|ray")
         _require(self.adaptive_target >= 0, "generate.adaptive_target", self.adaptive_target, ">= 0 (0: off)")
         _require(
             self.adaptive_target == 0 or self.adaptive_budget >= self.n_samples,
             "generate.adaptive_budget",
             self.adaptive_budget,
             f">= generate.n_samples ({self.n_samples})",
-        )
-        _require(
-            self.adaptive_target == 0 or self.executor == "local",
-            "generate.executor",
-            self.executor,
-            "local with generate.adaptive_target (passes depend on the passes before)",
         )
         _require(
             self.adaptive_target == 0 or not self.extra_sources,
@@ -463,9 +454,11 @@ class EvalConfig:
     # an independent reward, reported beside score.reward to catch over-optimisation of the first
     second_reward: str | None = None
     batch_size: int = 16  # sequences per forward pass for log-probabilities and perplexity
+    n_shards: int = 1  # shards of the held-out prompts, each its own process under executor.kind ray or slurm
 
     def __post_init__(self) -> None:
         _require(self.n_prompts >= 1, "eval.n_prompts", self.n_prompts, ">= 1")
+        _require(self.n_shards >= 1, "eval.n_shards", self.n_shards, ">= 1")
         _require(self.n_samples >= 1, "eval.n_samples", self.n_samples, ">= 1")
         _require(
             self.max_new_tokens is None or self.max_new_tokens >= 1,
@@ -528,6 +521,48 @@ class LoraConfig:
         _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
 
 
+EXECUTORS = ("local", "ray", "slurm")
+
+
+@dataclass
+class ExecutorConfig:
+    # where the shards of generate, score and eval run; never part of a config hash, so a round begun on one
+    # executor may finish on another
+    kind: str = "local"  # local: shards one after another here | ray: one Ray task each | slurm: a submitit array
+    max_failed_fraction: float = 0.01  # rows whose backend or reward call failed, beyond which a shard stops
+    # ray
+    ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # slurm (submitit): one array task per unfinished shard
+    slurm_partition: str | None = None
+    slurm_time_min: int = 240
+    slurm_gpus_per_task: int = 0
+    slurm_cpus_per_task: int = 4
+    slurm_mem_gb: int = 32
+    slurm_parallelism: int = 64  # array tasks running at once
+    slurm_logs: str = "slurm_logs"  # submitit's folder (job scripts, pickled tasks, logs), under the experiment
+    slurm_additional: dict[str, Any] = field(default_factory=dict)  # passed as slurm_additional_parameters
+    submitit_cluster: str | None = None  # None: Slurm when present; "local" runs the same tasks as local processes
+
+    def __post_init__(self) -> None:
+        _require(self.kind in EXECUTORS, "executor.kind", self.kind, "|".join(EXECUTORS))
+        _require(
+            math.isfinite(self.max_failed_fraction) and 0 <= self.max_failed_fraction <= 1,
+            "executor.max_failed_fraction",
+            self.max_failed_fraction,
+            "in [0, 1]",
+        )
+        for key in ("slurm_time_min", "slurm_cpus_per_task", "slurm_mem_gb", "slurm_parallelism"):
+            _require(getattr(self, key) >= 1, f"executor.{key}", getattr(self, key), ">= 1")
+        _require(self.slurm_gpus_per_task >= 0, "executor.slurm_gpus_per_task", self.slurm_gpus_per_task, ">= 0")
+        clusters = (None, "slurm", "local", "debug")
+        _require(
+            self.submitit_cluster in clusters,
+            "executor.submitit_cluster",
+            self.submitit_cluster,
+            "slurm|local|debug|null",
+        )
+
+
 @dataclass
 class Config:
     experiment: ExperimentConfig
@@ -541,6 +576,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -559,4 +595,5 @@ SECTIONS: dict[str, type] = {
     "eval": EvalConfig,
     "rounds": RoundsConfig,
     "lora": LoraConfig,
+    "executor": ExecutorConfig,
 }

@@ -105,10 +105,15 @@ def completion_logprobs(
     return sequence_logprobs(model, sequences, starts, batch_size, tokenizer.pad_token_id)[0]
 
 
+def reference_logprobs(model, tokenizer, texts: list[str], batch_size: int) -> tuple[list[float], list[int]]:
+    """Each text's log-likelihood and the tokens it predicts (the first token is context): what perplexity sums."""
+    sequences = [tokenizer(t)["input_ids"] for t in texts]
+    return sequence_logprobs(model, sequences, [1] * len(sequences), batch_size, tokenizer.pad_token_id)
+
+
 def perplexity(model, tokenizer, texts: list[str], batch_size: int) -> float:
     """exp(total negative log-likelihood / total predicted tokens) of the texts; the first token is context."""
-    sequences = [tokenizer(t)["input_ids"] for t in texts]
-    sums, counts = sequence_logprobs(model, sequences, [1] * len(sequences), batch_size, tokenizer.pad_token_id)
+    sums, counts = reference_logprobs(model, tokenizer, texts, batch_size)
     if sum(counts) == 0:
         raise DataError("perplexity needs reference texts of at least two tokens")
     return math.exp(-sum(sums) / sum(counts))

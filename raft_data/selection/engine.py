@@ -135,16 +135,17 @@ def pool_rounds(cfg: Config, round_idx: int) -> list[int]:
     return list(range(round_idx + 1)) if cfg.select.strategy in ALL_ROUNDS else [round_idx]
 
 
-def pool_manifests(cfg: Config, rounds: list[int]) -> dict[int, tuple[dict, dict]]:
-    """Each pool round's (samples manifest, scores manifest), their shards checked against them; a missing one
-    names the command that makes it."""
-    manifests = {}
+def pool_manifests(cfg: Config, rounds: list[int]) -> tuple[dict[int, tuple[dict, dict]], dict[str, dict]]:
+    """Each pool round's (samples manifest, scores manifest), their files checked against them and neither stale
+    (a missing or stale one names the command that makes it); and the references the selection records to them."""
+    manifests, refs = {}, {}
     for r in rounds:
-        rdir = storage.round_dir(cfg, r)
-        samples = storage.read_verified(rdir / storage.STAGE_FOLDERS["generate"], "generate", r)
-        scores = storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", r)
+        samples, samples_ref = storage.read_input(cfg, "generate", r)
+        scores, scores_ref = storage.read_input(cfg, "score", r)
         manifests[r] = (samples, scores)
-    return manifests
+        prefix = "" if len(rounds) == 1 else f"round-{r:04d}/"
+        refs[f"{prefix}samples"], refs[f"{prefix}scores"] = samples_ref, scores_ref
+    return manifests, refs
 
 
 def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckdb.DuckDBPyConnection:

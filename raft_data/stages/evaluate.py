@@ -38,8 +38,10 @@ baseline row every round is compared with.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from raft_data import storage
@@ -56,9 +59,15 @@ from raft_data.backends.transformers import prompt_batch_size, transformers_eval
 from raft_data.config import Config, derived_seed
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts
-from raft_data.errors import ConfigError
+from raft_data.errors import ConfigError, DataError
 from raft_data.models.loading import load_tokenizer, load_tokenizer_and_model, resolve_device
-from raft_data.models.logprobs import completion_token_ids, ended_on_eos, perplexity, sequence_logprobs
+from raft_data.models.logprobs import (
+    completion_token_ids,
+    ended_on_eos,
+    perplexity,
+    reference_logprobs,
+    sequence_logprobs,
+)
 from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
 from raft_data.rewards.loading import configured_reward, load_reward, reward_values
 from raft_data.selection.engine import METRICS_DIR
@@ -165,14 +174,18 @@ def cached_base_perplexity(cfg: Config, prompts: pa.Table) -> float | None:
     return (manifest.get("metrics") or {}).get("perplexity")
 
 
-def measure(
-    cfg: Config, model_path: str, is_base: bool, prompts: pa.Table, base_perplexity: float | None = None
-) -> tuple[pa.Table, dict[str, Any]]:
-    """Generate greedy and sampled completions with `model_path` and compute every model-side metric.
-    `base_perplexity` is the base model's perplexity of the reference texts when already known (a round's
-    eval reads it from the baseline); without it, a round's eval computes it with the base model."""
-    reward_fn = configured_reward(cfg.score, resolve_device(cfg.score.device))
-    second_fn = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
+def measure_shard(
+    cfg: Config, model_path: str, is_base: bool, prompts: pa.Table, first: int, loaded: dict[str, Any]
+) -> pa.Table:
+    """One eval shard: greedy and sampled completions of `prompts` (rows first.. of the eval's prompts) with
+    `model_path`, their rewards, log-probabilities under the model and the base model, the model's entropy, and the
+    log-likelihood of each prompt's reference text. Every figure is per row, so the metrics of the whole eval are
+    sums over shards (`eval_metrics`), whichever process ran each. `loaded` keeps what this process loaded (the
+    model, the base model, the rewards) for its next shard."""
+    if "reward" not in loaded:
+        loaded["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device))
+        loaded["second"] = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
+    reward_fn, second_fn = loaded["reward"], loaded["second"]
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
     texts, ids = prompts["prompt"].to_pylist(), prompts["prompt_id"].to_pylist()
     gold = dict(zip(ids, prompts["answer"].to_pylist(), strict=True)) if "answer" in prompts.column_names else {}
@@ -185,20 +198,16 @@ def measure(
     # that also scores them below; other backends run their own engine, a pass per kind, and the model is loaded
     # for log-probabilities only after them.
     device = resolve_device(cfg.generate.device)
-    tokenizer = model = None
-    if cfg.generate.backend == "transformers":
-        tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
-
-    by_kind = (
-        eval_completions_one_pass(tokenizer, model, sample_cfg, model_texts, seed)
-        if model is not None
-        else {
-            kind: eval_completions_pass(
-                BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg), gen_cfg, model_texts, seed, kind
-            )
-            for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg))
-        }
-    )
+    if "model" not in loaded and cfg.generate.backend == "transformers":
+        loaded["tokenizer"], loaded["model"] = load_tokenizer_and_model(model_path, cfg.model, device)
+    if "model" in loaded:
+        by_kind = eval_completions_one_pass(loaded["tokenizer"], loaded["model"], sample_cfg, model_texts, seed, first)
+    else:
+        by_kind = {}
+        for kind, gen_cfg in (("greedy", greedy_cfg), ("sampled", sample_cfg)):
+            if kind not in loaded:
+                loaded[kind] = BACKENDS[cfg.generate.backend](model_path, cfg.model, gen_cfg)
+            by_kind[kind] = eval_completions_pass(loaded[kind], gen_cfg, model_texts, seed + first, kind)
     rows: dict[str, list] = {name: [] for name in schemas.EVAL_COMPLETIONS.names}
     completions: list[Completion] = []
     for kind in ("greedy", "sampled"):
@@ -226,8 +235,9 @@ def measure(
     # Log-probabilities of the sampled completions (conditioned on the prompt text the model saw) under the model
     # and the base model: the KL estimate; the model's next-token entropy comes from the same forward pass.
     sampled = [i for i, kind in enumerate(rows["kind"]) if kind == "sampled"]
-    if model is None:
-        tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, device)
+    if "model" not in loaded:
+        loaded["tokenizer"], loaded["model"] = load_tokenizer_and_model(model_path, cfg.model, device)
+    tokenizer, model = loaded["tokenizer"], loaded["model"]
     conditioned = dict(zip(ids, model_texts, strict=True))
     seqs, starts = completion_token_ids(
         tokenizer,
@@ -237,35 +247,53 @@ def measure(
     )
     batch, pad_id = cfg.eval.batch_size, tokenizer.pad_token_id
     logp, n_scored, entropies = sequence_logprobs(model, seqs, starts, batch, pad_id, entropy=True)
-    references = prompts["reference"].to_pylist() if "reference" in prompts.column_names else None
-    ppl = perplexity(model, tokenizer, references, batch) if references is not None else None
     if is_base:
-        ref_logp, base_ppl = logp, ppl
+        ref_logp = logp
     else:
-        del model
-        _, base = load_tokenizer_and_model(cfg.model.name_or_path, cfg.model, device)
-        ref_logp, _ = sequence_logprobs(base, seqs, starts, batch, pad_id)
-        base_ppl = base_perplexity
-        if references is not None and base_ppl is None:
-            base_ppl = perplexity(base, tokenizer, references, batch)
-        del base
-    rows["logp"] = [None] * len(completions)
-    rows["ref_logp"] = [None] * len(completions)
+        if "base" not in loaded:
+            loaded["base"] = load_tokenizer_and_model(cfg.model.name_or_path, cfg.model, device)[1]
+        ref_logp, _ = sequence_logprobs(loaded["base"], seqs, starts, batch, pad_id)
+    for name in ("logp", "ref_logp", "n_scored", "entropy_sum", "reference_logp", "reference_tokens"):
+        rows[name] = [None] * len(completions)
     for j, i in enumerate(sampled):
         rows["logp"][i], rows["ref_logp"][i] = logp[j], ref_logp[j]
-    table = pa.table(rows, schema=schemas.EVAL_COMPLETIONS)
+        rows["n_scored"][i], rows["entropy_sum"][i] = n_scored[j], entropies[j]
+    if "reference" in prompts.column_names:
+        ref_sums, ref_counts = reference_logprobs(model, tokenizer, prompts["reference"].to_pylist(), batch)
+        greedy = [i for i, kind in enumerate(rows["kind"]) if kind == "greedy"]
+        for j, i in enumerate(greedy):
+            rows["reference_logp"][i], rows["reference_tokens"][i] = ref_sums[j], ref_counts[j]
+    return pa.table(rows, schema=schemas.EVAL_COMPLETIONS)
+
+
+def eval_metrics(
+    cfg: Config, table: pa.Table, prompts: pa.Table, base_perplexity: float | None, is_base: bool
+) -> dict[str, Any]:
+    """Every model-side metric of an eval from its rows (all shards): rewards, diversity, length, KL, entropy,
+    perplexity and its ratio to the base model's (`base_perplexity`), standard errors, and held-out pass@k."""
+    rows = table.to_pydict()
+    second = cfg.eval.second_reward is not None
 
     def mean(values: list) -> float | None:
         return float(np.mean(values)) if values else None
 
     greedy = [i for i, kind in enumerate(rows["kind"]) if kind == "greedy"]
+    sampled = [i for i, kind in enumerate(rows["kind"]) if kind == "sampled"]
     sampled_texts = [rows["completion"][i] for i in sampled]
-    log_ratios = [a - b for a, b in zip(logp, ref_logp, strict=True)]
+    log_ratios = [rows["logp"][i] - rows["ref_logp"][i] for i in sampled]
+    n_scored = sum(rows["n_scored"][i] for i in sampled)
+    ref_tokens = sum(rows["reference_tokens"][i] for i in greedy if rows["reference_tokens"][i] is not None)
+    ppl = None
+    if "reference" in prompts.column_names:
+        if ref_tokens == 0:
+            raise DataError("perplexity needs reference texts of at least two tokens")
+        ppl = math.exp(-sum(rows["reference_logp"][i] for i in greedy) / ref_tokens)
+    base_ppl = ppl if is_base else base_perplexity
     metrics = {
         "reward_greedy": mean([rows["reward"][i] for i in greedy]),
         "reward_sampled": mean([rows["reward"][i] for i in sampled]),
-        "second_reward_greedy": mean([rows["second_reward"][i] for i in greedy]) if second_fn else None,
-        "second_reward_sampled": mean([rows["second_reward"][i] for i in sampled]) if second_fn else None,
+        "second_reward_greedy": mean([rows["second_reward"][i] for i in greedy]) if second else None,
+        "second_reward_sampled": mean([rows["second_reward"][i] for i in sampled]) if second else None,
         "perplexity": ppl,
         "distinct_1": distinct_n(sampled_texts, 1),
         "distinct_2": distinct_n(sampled_texts, 2),
@@ -273,30 +301,61 @@ def measure(
         "mean_tokens": mean([rows["n_tokens"][i] for i in sampled]),
         "truncation_rate": mean([float(rows["truncated"][i]) for i in sampled]),
         "kl": mean(log_ratios),
-        "kl_per_token": sum(log_ratios) / sum(n_scored) if sum(n_scored) else None,
+        "kl_per_token": sum(log_ratios) / n_scored if n_scored else None,
         "ppl_ratio": ppl / base_ppl if ppl is not None and base_ppl else None,
-        "entropy": sum(entropies) / sum(n_scored) if sum(n_scored) else None,
+        "entropy": sum(rows["entropy_sum"][i] for i in sampled) / n_scored if n_scored else None,
     }
     sampled_ids = [rows["prompt_id"][i] for i in sampled]
     metrics["reward_sampled_se"] = jackknife_se(by_prompt(sampled_ids, [rows["reward"][i] for i in sampled]), mean)
     metrics["second_reward_sampled_se"] = (
-        jackknife_se(by_prompt(sampled_ids, [rows["second_reward"][i] for i in sampled]), mean) if second_fn else None
+        jackknife_se(by_prompt(sampled_ids, [rows["second_reward"][i] for i in sampled]), mean) if second else None
     )
     metrics["distinct_2_se"] = jackknife_se(by_prompt(sampled_ids, sampled_texts), lambda t: distinct_n(t, 2))
+    ids = prompts["prompt_id"].to_pylist()
+    gold = dict(zip(ids, prompts["answer"].to_pylist(), strict=True)) if "answer" in prompts.column_names else {}
     if gold and uses_checker(cfg):
         levels = dict(zip(ids, prompts["level"].to_pylist(), strict=True)) if "level" in prompts.column_names else {}
         metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels)
-    return table, metrics
+    return metrics
 
 
-def eval_completions_one_pass(tokenizer, model, cfg, texts: list[str], seed: int) -> dict[str, list]:
+def measure(
+    cfg: Config, model_path: str, is_base: bool, prompts: pa.Table, base_perplexity: float | None = None
+) -> tuple[pa.Table, dict[str, Any]]:
+    """An eval of `model_path` on `prompts` in one shard, in this process: its rows and metrics. Without
+    `base_perplexity`, a model other than the base measures the base model's perplexity itself."""
+    table = measure_shard(cfg, model_path, is_base, prompts, 0, {})
+    if not is_base and base_perplexity is None and "reference" in prompts.column_names:
+        base_perplexity = measure_perplexity(cfg, cfg.model.name_or_path, prompts)
+    return table, eval_metrics(cfg, table, prompts, base_perplexity, is_base)
+
+
+def base_model_perplexity(cfg: Config, prompts: pa.Table) -> float | None:
+    """The base model's perplexity of the eval prompts' reference texts: from the baseline's manifest when it
+    measured the same texts, else measured here with the base model (None without reference texts)."""
+    if "reference" not in prompts.column_names:
+        return None
+    cached = cached_base_perplexity(cfg, prompts)
+    if cached is not None:
+        return cached
+    return measure_perplexity(cfg, cfg.model.name_or_path, prompts)
+
+
+def measure_perplexity(cfg: Config, model_path: str, prompts: pa.Table) -> float:
+    """A model's perplexity of the prompts' reference texts."""
+    tokenizer, model = load_tokenizer_and_model(model_path, cfg.model, resolve_device(cfg.generate.device))
+    return perplexity(model, tokenizer, prompts["reference"].to_pylist(), cfg.eval.batch_size)
+
+
+def eval_completions_one_pass(tokenizer, model, cfg, texts: list[str], seed: int, first: int = 0) -> dict[str, list]:
     """Greedy and sampled completions of each prompt from one `generate` call per batch of prompts
-    (`transformers_eval_sampler`): {"greedy": [[c], ...], "sampled": [[c1..cK], ...]}, in prompt order."""
+    (`transformers_eval_sampler`): {"greedy": [[c], ...], "sampled": [[c1..cK], ...]}, in prompt order. `first` is
+    the index of the first prompt among all the eval's prompts: each row's random stream depends on it alone."""
     sample = transformers_eval_sampler(tokenizer, model, cfg)
     size = prompt_batch_size(cfg, model, tokenizer, texts, cfg.n_samples + 1)
     out: dict[str, list] = {"greedy": [], "sampled": []}
     for lo in tqdm(range(0, len(texts), size), desc="eval greedy+sampled", unit="batch"):
-        for greedy, sampled in sample(texts[lo : lo + size], seed, first=lo):
+        for greedy, sampled in sample(texts[lo : lo + size], seed, first=first + lo):
             out["greedy"].append([greedy])
             out["sampled"].append(sampled)
     return out
@@ -333,8 +392,9 @@ def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict
 
 
 def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict[str, Any]:
-    """What an eval's config hash covers. It names the evaluated model but not the experiment, so two
-    experiments whose baselines have the same hash measured the same thing."""
+    """What an eval's config hash covers. It names the evaluated model (the base model, or the round whose model is
+    evaluated; that model's identity is an input) but not the experiment, so two experiments whose baselines have
+    the same hash measured the same thing."""
     return {
         "eval": cfg.eval.__dict__,
         "model": {**cfg.model.__dict__, "evaluated": model_id},
@@ -351,59 +411,102 @@ def baseline_model_id(cfg: Config) -> str:
     return f"base:{cfg.model.name_or_path}"
 
 
-def evaluate_model(cfg: Config, round_idx: int | None, force: bool = False) -> dict:
-    """Evaluate round `round_idx`'s fine-tuned model, or the base model when `round_idx` is None (the baseline)."""
+def _shard_task(cfg_data: dict, round_idx: int | None, shard_idx: int) -> int:
+    """One shard in another process (a Ray task, a Slurm array task): `eval --shard i` there."""
+    from raft_data.config import config_from_dict
+
+    evaluate_model(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
+
+
+def evaluate_model(
+    cfg: Config, round_idx: int | None, force: bool = False, shard: int | None = None, num_shards: int | None = None
+) -> dict | None:
+    """Evaluate round `round_idx`'s fine-tuned model, or the base model when `round_idx` is None (the baseline), in
+    eval.n_shards shards of the held-out prompts; returns the manifest, or None while other processes' shards are
+    unfinished."""
     if cfg.generate.backend not in BACKENDS:
         raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
+    total = cfg.eval.n_shards
+    storage.check_shard_args("eval", shard, num_shards, total, force, f"eval.n_shards={total}")
     if round_idx is None:
         folder, lock_dir, manifest_round = storage.baseline_dir(cfg), storage.baseline_dir(cfg).parent, 0
-        model_path, model_id, data_rdir = cfg.model.name_or_path, baseline_model_id(cfg), None
+        model_path, data_rdir = cfg.model.name_or_path, None
+        inputs = {"model": {"path": model_path, "identity": baseline_model_id(cfg)}}
+        stage_cfg = eval_stage_config(cfg, baseline_model_id(cfg), None)
+        neighbours: list = []
     else:
         rdir = storage.round_dir(cfg, round_idx)
         folder, lock_dir, manifest_round, data_rdir = rdir / storage.STAGE_FOLDERS["eval"], rdir, round_idx, rdir
-        model_dir = rdir / storage.STAGE_FOLDERS["train"]
-        model_manifest = storage.read_manifest(model_dir, "train", round_idx)
-        storage.read_verified(rdir / storage.STAGE_FOLDERS["select"], "select", round_idx)
-        storage.read_verified(rdir / storage.STAGE_FOLDERS["score"], "score", round_idx)
-        model_path, model_id = str(model_dir), f"round-{round_idx:04d}:{model_manifest['config_hash']}"
-    stage_cfg = eval_stage_config(cfg, model_id, round_idx)
+        model_path = str(rdir / storage.STAGE_FOLDERS["train"])
+        inputs = {
+            "model": storage.read_input(cfg, "train", round_idx)[1],
+            "selected": storage.read_input(cfg, "select", round_idx)[1],
+            "scores": storage.read_input(cfg, "score", round_idx)[1],
+        }
+        stage_cfg = eval_stage_config(cfg, f"round-{round_idx:04d}", round_idx)
+        neighbours = storage.neighbours(cfg, "eval", round_idx)
     label = "baseline" if round_idx is None else f"round {round_idx}"
-    with storage.stage("eval", folder, stage_cfg, manifest_round, force, in_place=False, lock_dir=lock_dir) as run:
+    with storage.sharded_stage(
+        "eval", folder, lock_dir, stage_cfg, manifest_round, force, shard, total, inputs, neighbours
+    ) as run:
         if run.done:
             return run.manifest
         prompts = eval_prompts(cfg)
-        cached = None if round_idx is None else cached_base_perplexity(cfg, prompts)
-        table, metrics = measure(cfg, model_path, round_idx is None, prompts, base_perplexity=cached)
-        data = round_rewards(data_rdir) if data_rdir is not None else {}
-        metrics |= {
-            "reward_all": data.get("reward_all"),
-            "reward_best_of_k": data.get("reward_best_of_k"),
-            "reward_selected": data.get("reward_selected"),
-        }
-        extra = {"evaluated": label, "model_path": model_path, "metrics": metrics}
-        if "reference" in prompts.column_names:  # lets each round reuse the baseline's perplexity of these texts
-            extra["reference_digest"] = reference_digest(cfg, prompts["reference"].to_pylist())
-        tmp = storage.tmp_folder(folder)
-        storage.write_parquet(table, tmp / "completions.parquet", schemas.EVAL_COMPLETIONS)
-        manifest = storage.finish_stage(
-            run,
-            "eval",
-            manifest_round,
-            inputs={"model": model_id, "prompts": cfg.prompts.path},
-            counts={"prompts": prompts.num_rows, "completions": table.num_rows},
-            extra=extra,
-            folder=tmp,
+        bounds = [(i * prompts.num_rows // total, (i + 1) * prompts.num_rows // total) for i in range(total)]
+        on_gpu = resolve_device(cfg.generate.device) == "cuda"
+        if shard is None:
+            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            todo = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
+            storage.run_elsewhere(cfg.executor, task, todo, f"eval {label}", storage.experiment_dir(cfg), int(on_gpu))
+        loaded: dict[str, Any] = {}
+
+        def build(i: int) -> pa.Table:
+            lo, hi = bounds[i]
+            return measure_shard(cfg, model_path, round_idx is None, prompts.slice(lo, hi - lo), lo, loaded)
+
+        wanted = range(total) if shard is None else [shard]
+        storage.run_shards(
+            run, "eval", lock_dir, wanted, total, build, schemas.EVAL_COMPLETIONS, f"eval {label}", on_gpu, shard
         )
-        storage.publish_folder(folder)
-        print(f"eval {label}: {format_metrics(metrics)}")
-        return manifest
+        loaded.clear()  # the models, before the base model may be loaded for its perplexity
+
+        def finish() -> dict:
+            table = pa.concat_tables([pq.read_table(f) for f in storage.shard_files(folder)])
+            base_ppl = None if round_idx is None else base_model_perplexity(cfg, prompts)
+            metrics = eval_metrics(cfg, table, prompts, base_ppl, round_idx is None)
+            data = round_rewards(data_rdir) if data_rdir is not None else {}
+            metrics |= {
+                "reward_all": data.get("reward_all"),
+                "reward_best_of_k": data.get("reward_best_of_k"),
+                "reward_selected": data.get("reward_selected"),
+            }
+            extra = {"evaluated": label, "model_path": model_path, "metrics": metrics}
+            if "reference" in prompts.column_names:  # lets each round reuse the baseline's perplexity of these texts
+                extra["reference_digest"] = reference_digest(cfg, prompts["reference"].to_pylist())
+            extra["cost"] = storage.shard_costs(folder)
+            manifest = storage.finish_stage(
+                run,
+                "eval",
+                manifest_round,
+                inputs={"prompts": cfg.prompts.path},
+                counts={"prompts": prompts.num_rows, "completions": table.num_rows, "shards": total},
+                extra=extra,
+            )
+            print(f"eval {label}: {format_metrics(metrics)}")
+            return manifest
+
+        return storage.finish_when_complete(run, "eval", lock_dir, total, finish)
 
 
-def evaluate(cfg: Config, round_idx: int, force: bool = False) -> dict:
-    """Run the eval stage of one round; before round 0 the base model is evaluated as the baseline."""
+def evaluate(
+    cfg: Config, round_idx: int, force: bool = False, shard: int | None = None, num_shards: int | None = None
+) -> dict | None:
+    """Run the eval stage of one round (or one shard of it); before round 0 the base model is evaluated as the
+    baseline (the same shard of it, with --shard)."""
     if round_idx == 0:
-        evaluate_model(cfg, None, force=force)
-    return evaluate_model(cfg, round_idx, force=force)
+        evaluate_model(cfg, None, force=force, shard=shard, num_shards=num_shards)
+    return evaluate_model(cfg, round_idx, force=force, shard=shard, num_shards=num_shards)
 
 
 def format_metrics(m: dict[str, Any]) -> str:

@@ -15,15 +15,12 @@ answers or other models' outputs), each row tagged with its `source`.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-from collections.abc import Iterator
+import functools
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from raft_data import storage
 from raft_data.backends import BACKENDS
@@ -31,8 +28,8 @@ from raft_data.config import Config, config_hash, derived_seed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
-from raft_data.errors import ConfigError, StageError
-from raft_data.models.loading import load_tokenizer
+from raft_data.errors import ConfigError
+from raft_data.models.loading import load_tokenizer, resolve_device
 from raft_data.rewards.checkers import checker_reward
 from raft_data.storage import schemas
 
@@ -47,33 +44,20 @@ def shard_bounds(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
     return [(i * n_rows // n_shards, (i + 1) * n_rows // n_shards) for i in range(n_shards)]
 
 
-@contextlib.contextmanager
-def round_setup_lock(rdir: Path) -> Iterator[None]:
-    """A short, waiting lock around the steps every worker of a round shares: the stage guard, `prompts.parquet`
-    and the manifest. Shard workers started together queue here for a moment instead of racing."""
-    storage.make_dir(rdir)
-    with open(rdir / ".generate.setup.lock", "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def shard_lock(rdir: Path, shard_idx: int, n_shards: int) -> contextlib.AbstractContextManager:
-    """One process per shard: the shard's own lock, so workers on other shards of the round run beside it."""
-    return storage.stage_lock(rdir, f"generate.{Path(storage.shard_name(shard_idx, n_shards)).stem}")
-
-
-EXECUTION_ONLY = ("executor", "ray_address")
-
-
 def load_prompt_tokenizer(model_path: str, cfg: Config):
     """The policy's tokenizer, for chat templates, prompt lengths and token counts of imported candidates; None for
     a served model (`openai` backend) whose name is not a local folder."""
     if cfg.generate.backend == "openai" and not (Path(model_path) / "config.json").is_file():
         return None
     return load_tokenizer(model_path, cfg.model)
+
+
+def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
+    """One shard in another process (a Ray task, a Slurm array task): `generate --shard i` there."""
+    from raft_data.config import config_from_dict
+
+    generate(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
 
 
 def generate(
@@ -84,20 +68,15 @@ def generate(
     if cfg.generate.backend not in BACKENDS:
         raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
     n_shards = cfg.generate.n_shards
-    if num_shards is not None and num_shards != n_shards:
+    storage.check_shard_args("generate", shard, num_shards, n_shards, force, f"generate.n_shards={n_shards}")
+    if n_passes(cfg) > 1 and (shard is not None or cfg.executor.kind != "local"):
         raise ConfigError(
-            f"--num-shards={num_shards} does not match generate.n_shards={n_shards}: the shard count is part of "
-            f"the config; pass generate.n_shards={num_shards} to every worker, or --num-shards {n_shards}"
+            "generate.adaptive_target runs its passes in one process (each pass needs the one before): run it "
+            "without --shard and with executor.kind=local"
         )
-    if shard is not None and not 0 <= shard < n_shards:
-        raise ConfigError(f"--shard={shard} is invalid: expected 0..{n_shards - 1} (generate.n_shards={n_shards})")
-    if shard is not None and n_passes(cfg) > 1:
-        raise ConfigError("--shard with generate.adaptive_target: each pass needs the one before; run without --shard")
-    if shard is not None and force:
-        raise ConfigError("--force with --shard would delete the other shards' work: run --force without --shard")
     rdir = storage.round_dir(cfg, round_idx)
     folder = rdir / storage.STAGE_FOLDERS["generate"]
-    model_path, model_id = storage.policy_for_round(cfg, round_idx)
+    model_path, model_ref = storage.policy_for_round(cfg, round_idx)
     # Everything that can be wrong with the inputs is found here, before the round's folder is touched.
     prompts = draw_round_prompts(cfg.prompts, cfg.experiment.seed, round_idx, curriculum_levels(cfg, round_idx))
     tokenizer = load_prompt_tokenizer(model_path, cfg)
@@ -110,37 +89,49 @@ def generate(
             candidates(source, pid, text)
     stage_cfg = {
         "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
-        "model": {**cfg.model.__dict__, "generator": model_id},
+        "model": cfg.model.__dict__,
         "prompts": cfg.prompts.__dict__,
         # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
         "prompts_drawn": config_hash(prompts.to_pydict()),
-        # where shards run does not change what they hold, so a round may resume under another executor
-        "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in EXECUTION_ONLY},
+        "generate": cfg.generate.__dict__,
         "round": round_idx,
     }
     if cfg.generate.extra_sources:  # a changed file is a changed config: its rows must not mix with the old ones
         stage_cfg["extra_source_files"] = {s["name"]: file_hash(s["path"]) for s in cfg.generate.extra_sources}
-    chash = config_hash(stage_cfg)
-    lock = storage.stage_lock(rdir, "generate") if shard is None else shard_lock(rdir, shard, n_shards)
-    with lock:
-        with round_setup_lock(rdir):
-            run = storage.begin_stage(folder, stage_cfg, chash, force, round_idx)
-            if run.done:
-                print(f"generate: {folder} is done, skipping")
-                return run.manifest
-            prompts_path = rdir / "prompts.parquet"
-            # Every worker draws the same prompts; the first one writes them, the others check them.
-            if not prompts_path.exists() or not pq.read_table(prompts_path).equals(prompts):
-                storage.write_parquet(prompts, prompts_path, schemas.PROMPTS)
+    prompts_path = rdir / "prompts.parquet"
 
-        if cfg.generate.executor == "ray" and shard is None:
-            run_shards_on_ray(cfg, round_idx, n_shards, folder)  # then below: nothing left to do but finalise
+    def write_prompts(run: storage.StageRun) -> None:
+        # Every worker draws the same prompts; the first one writes them, the others check them.
+        if not prompts_path.exists() or not pq.read_table(prompts_path).equals(prompts):
+            storage.write_parquet(prompts, prompts_path, schemas.PROMPTS)
+
+    total = n_shards * n_passes(cfg)  # shards of all passes: pass p holds shards p * n_shards ...
+    with storage.sharded_stage(
+        "generate",
+        folder,
+        rdir,
+        stage_cfg,
+        round_idx,
+        force,
+        shard,
+        total,
+        inputs={"model": model_ref},
+        neighbours=storage.neighbours(cfg, "generate", round_idx),
+        setup=write_prompts,
+    ) as run:
+        if run.done:
+            return run.manifest
+        on_gpu = cfg.generate.backend == "vllm" or resolve_device(cfg.generate.device) == "cuda"
+        if shard is None:
+            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            todo = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, total))]
+            desc = f"generate round {round_idx}"
+            storage.run_elsewhere(cfg.executor, task, todo, desc, storage.experiment_dir(cfg), int(on_gpu))
 
         generator = f"{cfg.generate.backend}:{model_path}"
-        total = n_shards * n_passes(cfg)  # shards of all passes: pass p holds shards p * n_shards ...
-        unfinished = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
+        pending = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
         # the backend, loaded once before any progress is drawn (a failure to load is the one line on stderr)
-        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if unfinished else None
+        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if pending else None
 
         for pass_idx in range(n_passes(cfg)):
             rows = (
@@ -149,55 +140,48 @@ def generate(
                 else prompts_needing_more(prompts, folder, n_shards, pass_idx, total, cfg)
             )
             bounds = shard_bounds(len(rows), n_shards)
-            wanted = range(n_shards) if shard is None else [shard]
-            todo = [
-                i
-                for i in wanted
-                if not storage.shard_done(folder / storage.shard_name(pass_idx * n_shards + i, total))
-            ]
-            label = f"generate round {round_idx}" + (f" pass {pass_idx}" if total > n_shards else "")
-            bar = tqdm(total=sum(bounds[i][1] - bounds[i][0] for i in todo), desc=label)
-            for i in todo:
-                shard_idx = pass_idx * n_shards + i
-                lo, hi = bounds[i]
-                with contextlib.ExitStack() as stack:
-                    if shard is None:  # a plain run leaves a shard that a --shard worker holds to that worker
-                        try:
-                            stack.enter_context(shard_lock(rdir, shard_idx, total))
-                        except StageError:
-                            print(f"generate: shard {shard_idx} is running in another process, leaving it")
-                            continue
-                    path = folder / storage.shard_name(shard_idx, total)
-                    if storage.shard_done(path):
-                        continue
-                    seed = shard_seed(cfg.experiment.seed, round_idx, shard_idx)
-                    take = rows[lo:hi]
-                    part, texts = prompts.take(pa.array(take, pa.int64())), [formatted.texts[j] for j in take]
-                    table = run_shard(
-                        part,
-                        texts,
-                        sample,
-                        seed,
-                        sources if pass_idx == 0 else [],
-                        tokenizer,
-                        generator,
-                        round_idx,
-                        cfg,
-                        first_idx=pass_idx * cfg.generate.n_samples,
-                    )
-                    storage.write_parquet(table, path, schemas.SAMPLES)
-                    storage.mark_done(path, table.num_rows)
-                bar.update(hi - lo)
-            bar.close()
 
-        with round_setup_lock(rdir):
-            if (folder / "manifest.json").exists():
-                return storage.read_json(folder / "manifest.json")
-            pending = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
-            if pending:
-                print(f"generate: {total - len(pending)}/{total} shards done; the last one writes the manifest")
-                return None
-            return finish(run, prompts_path, prompts, formatted, model_id, generator, cfg, round_idx)
+            def build(shard_idx: int, pass_idx: int = pass_idx, rows: list[int] = rows, bounds=bounds):
+                lo, hi = bounds[shard_idx - pass_idx * n_shards]
+                take = rows[lo:hi]
+                part, texts = prompts.take(pa.array(take, pa.int64())), [formatted.texts[j] for j in take]
+                table = run_shard(
+                    part,
+                    texts,
+                    sample,
+                    shard_seed(cfg.experiment.seed, round_idx, shard_idx),
+                    sources if pass_idx == 0 else [],
+                    tokenizer,
+                    generator,
+                    round_idx,
+                    cfg,
+                    first_idx=pass_idx * cfg.generate.n_samples,
+                )
+                return table, token_counts(table, texts, tokenizer, cfg.generate.n_samples)
+
+            wanted = range(n_shards) if shard is None else [shard]
+            label = f"generate round {round_idx}" + (f" pass {pass_idx}" if total > n_shards else "")
+            ids = [pass_idx * n_shards + i for i in wanted]
+            storage.run_shards(run, "generate", rdir, ids, total, build, schemas.SAMPLES, label, on_gpu, shard)
+
+        return storage.finish_when_complete(
+            run,
+            "generate",
+            rdir,
+            total,
+            lambda: finish(run, prompts_path, prompts, formatted, generator, cfg, round_idx),
+        )
+
+
+def token_counts(table: pa.Table, texts: list[str | None], tokenizer, n_samples: int) -> dict[str, int]:
+    """What a shard cost in tokens: generated (the samples' own counts) and prompt tokens (each prompt once per
+    sample it was sampled for; not counted for a served model without a local tokenizer)."""
+    cost = {"generated_tokens": int(pc.sum(table["n_tokens"]).as_py() or 0)}
+    if tokenizer is not None:
+        kept = [t for t in texts if t is not None]
+        lengths = tokenizer(kept, add_special_tokens=False)["input_ids"] if kept else []
+        cost["prompt_tokens"] = sum(len(ids) for ids in lengths) * n_samples
+    return cost
 
 
 def samples_by_pass(folder: Path, cfg: Config) -> list[int]:
@@ -249,34 +233,6 @@ def prompts_needing_more(
                 solved[pid] = solved.get(pid, 0) + int(ok)
     target = cfg.generate.adaptive_target
     return [i for i, pid in enumerate(prompts["prompt_id"].to_pylist()) if solved.get(pid, 0) < target]
-
-
-def run_shards_on_ray(cfg: Config, round_idx: int, n_shards: int, folder: Path) -> None:
-    """Each unfinished shard as one Ray task that runs `generate --shard i` on a worker: the same locks, markers
-    and seeds as a local run, so a killed round resumes under either executor. Workers must see the same
-    `experiment.output_root` (a shared file system) and have this package installed."""
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("generate.executor=ray needs Ray: pip install 'raft-toolkit[ray]'") from None
-    todo = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, n_shards))]
-    if not todo:
-        return
-    if not ray.is_initialized():
-        ray.init(address=cfg.generate.ray_address, log_to_driver=False)
-    task = ray.remote(num_cpus=1, num_gpus=1 if cfg.generate.device == "cuda" else 0, max_retries=2)(_ray_shard)
-    pending = [task.remote(cfg.to_dict(), round_idx, i) for i in todo]
-    print(f"generate: {len(todo)} shards submitted to Ray")
-    for _ in tqdm(range(len(pending)), desc=f"generate round {round_idx} (ray)", unit="shard"):
-        done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)  # a failed shard raises here; the others keep their markers for the rerun
-
-
-def _ray_shard(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
-    from raft_data.config import config_from_dict
-
-    generate(config_from_dict(cfg_data), round_idx, shard=shard_idx)
-    return shard_idx
 
 
 def prepare(prompts: pa.Table, tokenizer, model_path: str, cfg: Config):
@@ -347,7 +303,6 @@ def finish(
     prompts_path: Path,
     prompts: pa.Table,
     formatted,
-    model_id: str,
     generator: str,
     cfg: Config,
     round_idx: int,
@@ -365,9 +320,9 @@ def finish(
         "chat_template": formatted.chat_template,
         "long_prompts": formatted.report(cfg.generate.long_prompts),
         "samples_by_pass": samples_by_pass(run.folder, cfg),
-        "shards": storage.shard_inventory(run.folder),
+        "cost": storage.shard_costs(run.folder),
     }
-    inputs = {"prompts": str(prompts_path), "model": model_id}
+    inputs = {"prompts": str(prompts_path)}
     inputs.update({f"source:{s['name']}": s["path"] for s in cfg.generate.extra_sources})
     return storage.finish_stage(
         run,

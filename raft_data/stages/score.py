@@ -3,6 +3,7 @@
 Run as:
     raft-data score --config pipelines/imdb_positive.yaml --round 0
     raft-data score --config pipelines/imdb_positive.yaml --round 0 score.reward=vader_completion
+    raft-data score --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
 
 Writes `round-NNNN/scores/shard-XXXXX-of-YYYYY.parquet`: `prompt_id`, `sample_idx`, `reward` and one column per
 reward component (`reward` is their weighted sum). With `score.beta > 0` it also writes `logp` (log p_t(y|x) under
@@ -13,11 +14,12 @@ A non-finite reward stops the stage with the prompt_id and sample_idx that produ
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
@@ -28,98 +30,142 @@ from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
 
 
-def score(cfg: Config, round_idx: int, force: bool = False) -> dict:
-    """Run the score stage of one round; returns its manifest."""
+def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
+    """One shard in another process (a Ray task, a Slurm array task): `score --shard i` there."""
+    from raft_data.config import config_from_dict
+
+    score(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
+
+
+def score(
+    cfg: Config, round_idx: int, force: bool = False, shard: int | None = None, num_shards: int | None = None
+) -> dict | None:
+    """Run the score stage of one round (or one shard of it: scores shard i holds the rewards of samples shard i);
+    returns the manifest, or None while shards that other processes run are unfinished."""
     rdir = storage.round_dir(cfg, round_idx)
     samples_dir = rdir / storage.STAGE_FOLDERS["generate"]
-    samples_manifest = storage.read_verified(samples_dir, "generate", round_idx)
+    samples_manifest, samples_ref = storage.read_input(cfg, "generate", round_idx)
+    sample_files = storage.shard_files(samples_dir)
+    total = len(sample_files)
+    storage.check_shard_args("score", shard, num_shards, total, force, f"the {total} shards of samples/")
     folder = rdir / storage.STAGE_FOLDERS["score"]
     kl = cfg.score.beta > 0
     # new score fields enter the hash only when set, so rounds scored before they existed stay valid
     defaults = ScoreConfig()
     score_cfg = {k: v for k, v in cfg.score.__dict__.items() if k in ("reward", "text") or v != getattr(defaults, k)}
-    stage_cfg = {"score": score_cfg, "samples": samples_manifest["config_hash"], "round": round_idx}
+    stage_cfg = {"score": score_cfg, "round": round_idx}
+    inputs = {"samples": samples_ref}
     if kl:
-        generator_path, generator_id = storage.policy_for_round(cfg, round_idx)
+        generator_path, generator_ref = storage.policy_for_round(cfg, round_idx)
         ref_path = cfg.score.ref_model or cfg.model.name_or_path
-        stage_cfg["kl"] = {"generator": generator_id, "ref_model": ref_path}
+        stage_cfg["kl"] = {"ref_model": ref_path}
+        inputs["generator"] = generator_ref
     device = resolve_device(cfg.score.device)
     # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
-    done = not force and (folder / "manifest.json").exists()
+    done = not force and storage.finished(folder, stage_cfg, inputs)
     components = [] if done else load_components(cfg.score, device)
-    with storage.stage("score", folder, stage_cfg, round_idx, force) as run:
+    with storage.sharded_stage(
+        "score",
+        folder,
+        rdir,
+        stage_cfg,
+        round_idx,
+        force,
+        shard,
+        total,
+        inputs=inputs,
+        neighbours=storage.neighbours(cfg, "score", round_idx),
+    ) as run:
         if run.done:
             return run.manifest
+        if shard is None:
+            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            todo = [i for i in range(total) if not storage.shard_done(folder / sample_files[i].name)]
+            gpus = int(device == "cuda")
+            storage.run_elsewhere(
+                cfg.executor, task, todo, f"score round {round_idx}", storage.experiment_dir(cfg), gpus
+            )
         names = [c.name for c in components]
         checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
         extract = extractor(cfg.score)
         schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
-        if kl:
-            size = cfg.score.batch_size
-            logp_fn = load_logprob_fn(generator_path, cfg.model, device, size)
-            # round 0 samples from the base model itself: log p_t = log p_0, one model is enough
-            ref_fn = logp_fn if ref_path == generator_path else load_logprob_fn(ref_path, cfg.model, device, size)
-        sample_files = storage.shard_files(samples_dir)
-        n_rows = 0
-        for src in tqdm(sample_files, desc=f"score round {round_idx}", unit="shard"):
-            dst = folder / src.name
-            if storage.shard_done(dst):
-                n_rows += pq.read_metadata(dst).num_rows
-                continue
+        models: dict[str, Any] = {}
+
+        def logprob_fns():
+            """The generator's and the reference model's log-probability functions, loaded once, when needed."""
+            if not models:
+                size = cfg.score.batch_size
+                models["logp"] = load_logprob_fn(generator_path, cfg.model, device, size)
+                # round 0 samples from the base model itself: log p_t = log p_0, one model is enough
+                same = ref_path == generator_path
+                models["ref"] = models["logp"] if same else load_logprob_fn(ref_path, cfg.model, device, size)
+            return models["logp"], models["ref"]
+
+        def build(i: int) -> pa.Table:
+            src = sample_files[i]
             wanted = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer"]
             samples = pq.read_table(src, columns=[c for c in wanted if c in pq.read_schema(src).names])
-            prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
-            answers = samples["answer"].to_pylist() if "answer" in samples.column_names else None
-            ids, idxs = samples["prompt_id"].to_pylist(), samples["sample_idx"].to_pylist()
+            return score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
 
-            def row(i: int, src=src, ids=ids, idxs=idxs) -> str:
-                return f"prompt_id={ids[i]} sample_idx={idxs[i]} in {src}"
-
-            columns: dict[str, list[float]] = {}
-            for c in components:
-                columns[c.name] = (
-                    reward_values(c.name, c.fn, prompts, completions, row, answers) if samples.num_rows else []
-                )
-            reward = combine(components, columns) if samples.num_rows else []
-            if kl:
-                truncated = samples["truncated"].to_pylist()
-                ended = [ended_on_eos(c, t, cfg.generate.stop) for c, t in zip(completions, truncated, strict=True)]
-                logp = logp_fn(prompts, completions, ended)
-                ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
-                columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
-                reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
-                reward = reward_values("reward", lambda p, c, r=reward: r, prompts, completions, row)
-            table = pa.table(
-                {
-                    "prompt_id": samples["prompt_id"],
-                    "sample_idx": samples["sample_idx"],
-                    "reward": pa.array(reward, pa.float64()),
-                    **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
-                }
-            )
-            if checks:
-                table = table.append_column("extracted", pa.array([extract(c) for c in completions], pa.string()))
-            storage.write_parquet(table, dst, schema)
-            storage.mark_done(dst, table.num_rows)
-            n_rows += table.num_rows
-        extra: dict = {
-            "components": names,
-            "reward": [{"name": c.name, "weight": c.weight, **c.info} for c in components],
-            "policy_chat_template": policy_template(cfg, round_idx),
-            "shards": storage.shard_inventory(folder),
-        }
-        if "correct" in names:
-            extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
-        if kl:
-            extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
-        return storage.finish_stage(
-            run,
-            "score",
-            round_idx,
-            inputs={"samples": samples_manifest["config_hash"]},
-            counts={"scores": n_rows, "shards": len(sample_files)},
-            extra=extra,
+        wanted = range(total) if shard is None else [shard]
+        storage.run_shards(
+            run, "score", rdir, wanted, total, build, schema, f"score round {round_idx}", device == "cuda", shard
         )
+
+        def finish() -> dict:
+            n_rows = sum(pq.read_metadata(f).num_rows for f in storage.shard_files(folder))
+            extra: dict = {
+                "components": names,
+                "reward": [{"name": c.name, "weight": c.weight, **c.info} for c in components],
+                "policy_chat_template": policy_template(cfg, round_idx),
+                "cost": storage.shard_costs(folder),
+            }
+            if "correct" in names:
+                extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
+            if kl:
+                extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
+            return storage.finish_stage(
+                run, "score", round_idx, counts={"scores": n_rows, "shards": total}, extra=extra
+            )
+
+        return storage.finish_when_complete(run, "score", rdir, total, finish)
+
+
+def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, extract, src: Path) -> pa.Table:
+    """The scores of one samples shard: each component's reward, their weighted sum `reward`, with `score.beta` the
+    KL-regularised key (and `logp`, `ref_logp`, `reward_raw`), and the extracted answer when a checker reads one."""
+    prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
+    answers = samples["answer"].to_pylist() if "answer" in samples.column_names else None
+    ids, idxs = samples["prompt_id"].to_pylist(), samples["sample_idx"].to_pylist()
+
+    def row(i: int) -> str:
+        return f"prompt_id={ids[i]} sample_idx={idxs[i]} in {src}"
+
+    columns: dict[str, list[float]] = {}
+    for c in components:
+        columns[c.name] = reward_values(c.name, c.fn, prompts, completions, row, answers) if samples.num_rows else []
+    reward = combine(components, columns) if samples.num_rows else []
+    if logprob_fns:
+        logp_fn, ref_fn = logprob_fns
+        truncated = samples["truncated"].to_pylist()
+        ended = [ended_on_eos(c, t, cfg.generate.stop) for c, t in zip(completions, truncated, strict=True)]
+        logp = logp_fn(prompts, completions, ended)
+        ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
+        columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
+        reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
+        reward = reward_values("reward", lambda p, c, r=reward: r, prompts, completions, row)
+    table = pa.table(
+        {
+            "prompt_id": samples["prompt_id"],
+            "sample_idx": samples["sample_idx"],
+            "reward": pa.array(reward, pa.float64()),
+            **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
+        }
+    )
+    if extract is not None:
+        table = table.append_column("extracted", pa.array([extract(c) for c in completions], pa.string()))
+    return table
 
 
 def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int) -> dict:

@@ -44,13 +44,11 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
     replay_cfg = replay_settings(cfg) if cfg.rounds.replay_fraction > 0 else None
     rdir = storage.round_dir(cfg, round_idx)
     rounds = pool_rounds(cfg, round_idx)
-    manifests = pool_manifests(cfg, rounds)
+    manifests, refs = pool_manifests(cfg, rounds)
     pairs = cfg.select.format == "pairs"
     sql = (SQL_DIR / "formats" / "pairs.sql").read_text(encoding="utf-8") if pairs else strategy_sql(cfg)
     folder = rdir / storage.STAGE_FOLDERS["select"]
-    inputs = {
-        f"round-{r:04d}": {"samples": m[0]["config_hash"], "scores": m[1]["config_hash"]} for r, m in manifests.items()
-    }
+    inputs = {label: ref["identity"] for label, ref in refs.items()}
     stage_cfg = {
         "select": cfg.select.__dict__,
         "alpha": select_params(cfg, round_idx)["alpha"],
@@ -58,13 +56,15 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         "views": {
             name: view_sql(name) for name in ("settings", "pool", "guards", "checks", "checks_custom", "messages")
         },
-        "inputs": inputs,
         "round": round_idx,
     }
     if replay_cfg is not None:  # only then, so that a selection without replay keeps its config hash
         stage_cfg["replay"] = replay_cfg
     where = f"{folder} ({cfg.select.strategy})"
-    with storage.stage("select", folder, stage_cfg, round_idx, force, in_place=False) as run:
+    neighbours = storage.neighbours(cfg, "select", round_idx)
+    with storage.stage(
+        "select", folder, stage_cfg, round_idx, force, in_place=False, inputs=refs, neighbours=neighbours
+    ) as run:
         if run.done:
             return run.manifest
         con = connect(cfg, rounds, threads)
@@ -104,14 +104,12 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
             run,
             "select",
             round_idx,
-            inputs=inputs if len(rounds) > 1 else inputs[f"round-{round_idx:04d}"],
             counts=counts,
             extra={
                 "dropped": dropped,
                 "reward": reward,
                 "format": cfg.select.format,
                 "pool_rounds": rounds,
-                "shards": storage.shard_inventory(tmp),
                 **({"replay": replay} if replay is not None else {}),
             },
             folder=tmp,

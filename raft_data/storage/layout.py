@@ -1,21 +1,42 @@
 """Names and paths of an experiment's artifacts: `<output_root>/<experiment>/round-NNNN/{prompts.parquet, samples,
-scores, selected, model, eval}`, the baseline's eval folder, and shard names.
+scores, selected, model, eval}`, the baseline's eval folder, shard names, and the one table of stages.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from raft_data.config import Config
 
-STAGE_FOLDERS = {"generate": "samples", "score": "scores", "select": "selected", "train": "model", "eval": "eval"}
-NEXT_COMMAND = {
-    "generate": "raft-data generate",
-    "score": "raft-data score",
-    "select": "raft-data select",
-    "train": "raft-sft train",
-    "eval": "raft-data eval",
+
+@dataclass(frozen=True)
+class StageInfo:
+    """One stage of a round: its output folder, the command that makes it, the stages of the same round it reads
+    (and `reads_previous`: the previous round's stages it reads, the model it samples from or starts from), and
+    whether it works in shards that several processes can share."""
+
+    name: str
+    folder: str
+    command: str
+    reads: tuple[str, ...] = ()
+    reads_previous: tuple[str, ...] = ()
+    sharded: bool = False
+
+
+# The one list of stages, in the order a round runs them. A new stage is one line here and its module in stages/.
+STAGES: dict[str, StageInfo] = {
+    s.name: s
+    for s in (
+        StageInfo("generate", "samples", "raft-data generate", reads_previous=("train",), sharded=True),
+        StageInfo("score", "scores", "raft-data score", reads=("generate",), reads_previous=("train",), sharded=True),
+        StageInfo("select", "selected", "raft-data select", reads=("generate", "score")),
+        StageInfo("train", "model", "raft-sft train", reads=("select",), reads_previous=("train",)),
+        StageInfo("eval", "eval", "raft-data eval", reads=("train", "select", "score"), sharded=True),
+    )
 }
+STAGE_FOLDERS = {name: s.folder for name, s in STAGES.items()}
+NEXT_COMMAND = {name: s.command for name, s in STAGES.items()}
 
 
 def experiment_dir(cfg: Config) -> Path:

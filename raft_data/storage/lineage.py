@@ -1,4 +1,5 @@
-"""What a round reads from the rounds before it, and finished rounds read back: the model a round samples from or
+"""What a stage reads from other stages, checked (its files as listed, its own inputs as they were), and what a
+round reads from the rounds before it, and finished rounds read back: the model a round samples from or
 fine-tunes (past rounds that drifted out of bounds, with `rounds.on_drift: rollback`), a round's wall time, a
 finished eval.
 """
@@ -15,8 +16,8 @@ import pyarrow.parquet as pq
 from raft_data.config import Config
 from raft_data.errors import StageError
 from raft_data.storage.files import read_json
-from raft_data.storage.layout import STAGE_FOLDERS, round_dir
-from raft_data.storage.manifests import read_manifest
+from raft_data.storage.layout import NEXT_COMMAND, STAGE_FOLDERS, STAGES, round_dir, shard_files
+from raft_data.storage.manifests import input_ref, read_verified, stale_reason
 
 # The drift guard: eval metrics and the `rounds` bound on each (None: no bound).
 DRIFT_BOUNDS = {"kl_per_token": "max_kl_per_token", "ppl_ratio": "max_ppl_ratio"}
@@ -49,25 +50,54 @@ def last_good_round(cfg: Config, round_idx: int) -> int | None:
     return None
 
 
-def policy_for_round(cfg: Config, round_idx: int, role: str = "generate") -> tuple[str, str]:
+def read_input(cfg: Config, stage: str, round_idx: int, hashes: bool = True) -> tuple[dict[str, Any], dict]:
+    """The manifest of a finished stage that another stage reads, and the reference to it that the reader records:
+    its files checked against the manifest (`hashes=False`: sizes only), and the stage itself not stale. A stale
+    input is a StageError that names the command that rebuilds it."""
+    folder = round_dir(cfg, round_idx) / STAGE_FOLDERS[stage]
+    manifest = read_verified(folder, stage, round_idx, hashes)
+    why = stale_reason(folder)
+    if why is not None:
+        raise StageError(
+            f"{folder} is stale ({why}): rerun `{NEXT_COMMAND[stage]} --round {round_idx}` to rebuild it first"
+        )
+    return manifest, input_ref(folder, manifest)
+
+
+def neighbours(cfg: Config, stage: str, round_idx: int) -> list[tuple[Path, str]]:
+    """The (round folder, stage) pairs that must not run while `stage` of round n runs: the stages it reads and the
+    stages that read it, in its round and in the rounds before and after it."""
+    out = []
+    info = STAGES[stage]
+    for other in STAGES.values():
+        if other.name in info.reads or stage in other.reads:
+            out.append((round_dir(cfg, round_idx), other.name))
+        if other.name in info.reads_previous and round_idx > 0:
+            out.append((round_dir(cfg, round_idx - 1), other.name))
+        if stage in other.reads_previous:
+            out.append((round_dir(cfg, round_idx + 1), other.name))
+    return out
+
+
+def policy_for_round(cfg: Config, round_idx: int, role: str = "generate") -> tuple[str, dict[str, Any]]:
     """The model that generates round n (`role="generate"`) or that round n's SFT starts from (`role="train"`).
 
     By default both are round n-1's `model/` (round 0: the base model). `rounds.mode=offline` makes every round
     generate from the base model; `rounds.sft_from=base` makes every round fine-tune the base model (ReST-EM).
     With `rounds.on_drift=rollback`, rounds whose eval crossed a drift bound are passed over: the model is the
     newest one within bounds (the base model when none is).
-    Returns (path, identity), the identity being the model manifest's hash (or the base path) for config hashes.
+    Returns (path, reference): a round's model is checked (every file's size and checksum, and not stale) and
+    referenced by its identity; the base model by its path.
     """
     use_base = {"generate": cfg.rounds.mode == "offline", "train": cfg.rounds.sft_from == "base"}[role]
-    base = cfg.model.name_or_path, f"base:{cfg.model.name_or_path}"
+    base = cfg.model.name_or_path, {"path": cfg.model.name_or_path, "identity": f"base:{cfg.model.name_or_path}"}
     if round_idx == 0 or use_base:
         return base
     prev_idx = last_good_round(cfg, round_idx - 1) if cfg.rounds.on_drift == "rollback" else round_idx - 1
     if prev_idx is None:
         return base
-    prev = round_dir(cfg, prev_idx) / STAGE_FOLDERS["train"]
-    manifest = read_manifest(prev, "train", prev_idx)
-    return str(prev), f"round-{prev_idx:04d}:{manifest['config_hash']}"
+    _, ref = read_input(cfg, "train", prev_idx)
+    return str(round_dir(cfg, prev_idx) / STAGE_FOLDERS["train"]), ref
 
 
 def round_wall_time(cfg: Config, round_idx: int) -> float:
@@ -85,4 +115,4 @@ def read_eval(folder: Path) -> tuple[dict[str, Any], pa.Table] | None:
     """(manifest, completions) of a finished eval folder, or None."""
     if not (folder / "manifest.json").exists():
         return None
-    return read_json(folder / "manifest.json"), pq.read_table(folder / "completions.parquet")
+    return read_json(folder / "manifest.json"), pa.concat_tables([pq.read_table(f) for f in shard_files(folder)])

@@ -73,6 +73,12 @@ EVAL_COMPLETIONS = pa.schema(
         pa.field("second_reward", pa.float64(), nullable=True),  # eval.second_reward, null when not configured
         pa.field("logp", pa.float64(), nullable=True),  # log p_model(completion | prompt), sampled rows only
         pa.field("ref_logp", pa.float64(), nullable=True),  # log p_base(completion | prompt), sampled rows only
+        pa.field("n_scored", pa.int32(), nullable=True),  # completion tokens whose log-probability was taken (sampled)
+        pa.field("entropy_sum", pa.float64(), nullable=True),  # the model's next-token entropy summed over them
+        # the prompt's held-out reference text (eval.reference_column), on its greedy row: log-likelihood under the
+        # model and tokens predicted, from which the eval's perplexity is summed
+        pa.field("reference_logp", pa.float64(), nullable=True),
+        pa.field("reference_tokens", pa.int32(), nullable=True),
     ]
 )
 

@@ -23,17 +23,30 @@ def format_pass(metrics: dict) -> str:
 
 
 def round_status(cfg: Config, round_idx: int) -> list[str]:
-    """The round's stages in order, each done (counts, wall time) or the command that is next."""
+    """The round's stages in order, each done (counts, wall time, what it cost), stale (an input changed since it
+    was made: the command that redoes it), or the command that is next."""
     rdir = storage.round_dir(cfg, round_idx)
     lines = [f"round {round_idx}: {rdir}"]
-    for stage, name in storage.STAGE_FOLDERS.items():
+    memo: dict = {}
+    for stage, info in storage.STAGES.items():
+        name = info.folder
         manifest = rdir / name / "manifest.json"
         if not manifest.exists():
-            lines.append(f"  {name + '/':10s} not done (next: {storage.NEXT_COMMAND[stage]} --round {round_idx})")
+            shards = sorted((rdir / name).glob("shard-*.done")) if info.sharded else []
+            where = f" ({len(shards)} shards done)" if shards else ""
+            lines.append(
+                f"  {name + '/':10s} not done{where} (next: {storage.NEXT_COMMAND[stage]} --round {round_idx})"
+            )
             break
+        why = storage.stale_reason(rdir / name, memo)
+        if why is not None:
+            lines.append(f"  {name + '/':10s} STALE: {why} (redo: {storage.NEXT_COMMAND[stage]} --round {round_idx})")
+            continue
         m = storage.read_json(manifest)
         counts = ", ".join(f"{k} {v}" for k, v in m["counts"].items())
         lines.append(f"  {name + '/':10s} done in {m['wall_time_s']:.1f}s: {counts}")
+        if m.get("cost"):
+            lines.append(f"  {'':10s} cost: {format_cost(m['cost'])}")
         if stage == "score" and m.get("pass_at_k"):
             lines.append(f"  {'':10s} {format_pass(m['pass_at_k'])}")
         if stage == "select":
@@ -42,29 +55,57 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
                 lines.append(
                     f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
                 )
+            per = per_selected(cfg, round_idx, m)
+            if per:
+                lines.append(f"  {'':10s} per selected sample: {per}")
         if stage == "eval" and m.get("metrics"):
             lines.append(f"  {'':10s} {format_metrics(m['metrics'])}")
     return lines
 
 
+def format_cost(cost: dict) -> str:
+    """Seconds and tokens a stage's shards took, summed over the processes that ran them."""
+    parts = [(k, cost.get(k)) for k in ("wall_s", "cpu_s", "gpu_s", "generated_tokens", "prompt_tokens")]
+    return ", ".join(f"{k} {v:g}" for k, v in parts if v is not None)
+
+
+def per_selected(cfg: Config, round_idx: int, select_manifest: dict) -> str:
+    """What each selected sample cost: generated tokens and seconds of generate and score, and the acceptance rate
+    (selected / samples), by level where the round has levels."""
+    counts = select_manifest.get("counts") or {}
+    selected, samples = counts.get("selected") or 0, counts.get("samples") or 0
+    if not selected:
+        return ""
+    rdir = storage.round_dir(cfg, round_idx)
+    costs = {}
+    for stage in ("generate", "score"):
+        path = rdir / storage.STAGE_FOLDERS[stage] / "manifest.json"
+        costs[stage] = storage.read_json(path).get("cost") or {} if path.exists() else {}
+    tokens = costs["generate"].get("generated_tokens")
+    seconds = sum(c.get("wall_s", 0.0) for c in costs.values())
+    parts = [f"{tokens / selected:.1f} tokens" if tokens is not None else None, f"{seconds / selected:.3f} s"]
+    parts.append(f"acceptance {selected / samples:.3f}" if samples else None)
+    levels = select_manifest.get("acceptance_by_level") or {}
+    if levels:
+        parts.append(" ".join(f"{lv} {rate:.3f}" for lv, rate in levels.items()))
+    return ", ".join(p for p in parts if p)
+
+
 def verify_experiment(cfg: Config) -> list[str]:
-    """Every finished stage of every round checked against its manifest (shards present, unchanged, none added);
-    one line per problem, none when all is well."""
+    """Every finished stage of the experiment (the baseline too) checked against its manifest: each listed file
+    there with its size and checksum (model weights and replay data included), no shard added, and no input
+    changed since the stage was made. One line per problem, none when all is well."""
     problems = []
-    rounds = sorted(storage.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]"))
-    for rdir in rounds:
-        round_idx = int(rdir.name.split("-")[1])
-        for stage in ("generate", "score", "select"):
-            folder = rdir / storage.STAGE_FOLDERS[stage]
-            if not (folder / "manifest.json").exists():
-                continue
-            try:
-                storage.read_verified(folder, stage, round_idx)
-            except UserError as e:
-                problems.append(str(e))
-        model = rdir / storage.STAGE_FOLDERS["train"]
-        if (model / "manifest.json").exists() and not (model / "config.json").is_file():
-            problems.append(
-                f"{model} has a manifest but no config.json: rerun `raft-sft train --round {round_idx} --force`"
-            )
+    memo: dict = {}
+    for folder in storage.stage_folders(storage.experiment_dir(cfg)):
+        stage = next(name for name, info in storage.STAGES.items() if info.folder == folder.name)
+        round_idx = int(folder.parent.name.split("-")[1]) if folder.parent.name.startswith("round-") else 0
+        try:
+            storage.read_verified(folder, stage, round_idx)
+        except UserError as e:
+            problems.append(str(e))
+            continue
+        why = storage.stale_reason(folder, memo)
+        if why is not None:
+            problems.append(f"{folder} is stale ({why}): rerun `{storage.NEXT_COMMAND[stage]} --round {round_idx}`")
     return problems
