@@ -35,3 +35,12 @@ def slow_vader(prompts: list[str], completions: list[str]) -> list[float]:
     """VADER, a second per batch: slow enough to kill the score stage between two shards."""
     time.sleep(1.0)
     return vader(prompts, completions)
+
+
+def fails_on_sequel(prompts: list[str], completions: list[str]) -> list[float]:
+    """VADER, but raising on any batch with a prompt about a sequel while RAFT_TEST_SEQUEL_FAILS=1: one bad row."""
+    import os
+
+    if os.environ.get("RAFT_TEST_SEQUEL_FAILS") == "1" and any("sequel" in p for p in prompts):
+        raise ValueError("cannot score sequels")
+    return vader(prompts, completions)

@@ -76,6 +76,7 @@ def test_later_passes_sample_only_unsolved_prompts(tmp_path: Path) -> None:
                 "round": [0] * 3,
                 "answer": [{"a": "3", "b": "4", "c": "5"}[p] for p, _ in part],
                 "level": [None] * 3,
+                "error": [None] * 3,
             },
             schema=schemas.SAMPLES,
         )
@@ -101,6 +102,18 @@ def test_adaptive_round_matches_the_rule_and_counts(tmp_path: Path, tiny_model_d
             solved = any(last_number(r["completion"]) == r["answer"] for r in before)
             in_pass = any(2 * p <= r["sample_idx"] < 2 * p + 2 for r in rows)
             assert in_pass == (not solved and len(before) == 2 * p), (pid, p)
+
+    # what a selected sample cost, and the acceptance rate by level, in the select manifest and status
+    from raft_data.stages.score import score
+    from raft_data.stages.select import select
+    from raft_data.tools.status import round_status
+
+    score(cfg, 0)
+    chosen = select(cfg, 0)
+    n_selected, n_samples = chosen["counts"]["selected"], chosen["counts"]["samples"]
+    assert chosen["acceptance_by_level"] == {"sum_1d": round(n_selected / n_samples, 4)}
+    status = "\n".join(round_status(cfg, 0))
+    assert f"acceptance {n_selected / n_samples:.3f}" in status and "tokens" in status
 
 
 def test_kill_9_in_a_later_pass_resumes_to_the_same_samples(tmp_path: Path, tiny_model_dir: Path) -> None:

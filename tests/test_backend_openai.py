@@ -7,6 +7,7 @@ prompt and choice, so the tests can check order, retries, errors and the shards 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,7 +18,7 @@ import pytest
 
 from raft_data import storage
 from raft_data.cli.stages import generate_command
-from raft_data.errors import BackendError, ConfigError
+from raft_data.errors import BackendError, ConfigError, StageError
 from raft_data.stages.generate import generate
 
 from .conftest import make_config
@@ -29,6 +30,7 @@ class FakeServer:
         self.default_status = default_status
         self.requests: list[tuple[str, dict, dict]] = []  # (path, headers, body)
         self.lock = threading.Lock()
+        self.refused_prompts: set[str] = set()  # answered 400 whatever the script says (a prompt too long, say)
 
     def next_status(self) -> int:
         with self.lock:
@@ -48,7 +50,8 @@ class FakeServer:
             else:
                 choice = {"index": k, "text": text, "logprobs": {"tokens": tokens}}
             choices.append({**choice, "finish_reason": "length" if truncated else "stop"})
-        return {"id": "x", "object": "text_completion", "choices": choices, "usage": {"completion_tokens": 1}}
+        usage = {"completion_tokens": 1, "prompt_tokens": len(prompt.split())}
+        return {"id": "x", "object": "text_completion", "choices": choices, "usage": usage}
 
 
 @pytest.fixture
@@ -61,6 +64,8 @@ def fake_server() -> Iterator[tuple[FakeServer, str]]:
             with state.lock:
                 state.requests.append((self.path, dict(self.headers), body))
             status = state.next_status()
+            if body.get("prompt") in state.refused_prompts:
+                status = 400
             if status == 200:
                 payload = state.answer(self.path, body)
             else:
@@ -152,10 +157,10 @@ def test_client_error_is_one_line_and_leaves_no_shard(tmp_path, prompts_file, fa
     folder = storage.round_dir(cfg, 0) / "samples"
     assert not (folder / "manifest.json").exists()
     assert not list(folder.glob("*.parquet")) and not list(folder.glob("*.done"))
-    # No retry on a 4xx: each prompt of the first shard is asked at most once. The second request may never be
-    # sent, because the first failure stops the shard's requests not yet started.
+    # No retry on a 4xx: each prompt of the first shard is asked at most once. An endpoint that answers none of
+    # the first api_concurrency requests is down: the shard's requests not yet started are never sent.
     prompts_asked = [body["prompt"] for _, _, body in state.requests]
-    assert 1 <= len(prompts_asked) <= 2
+    assert 1 <= len(prompts_asked) <= cfg.generate.api_concurrency
     assert len(set(prompts_asked)) == len(prompts_asked)
 
 
@@ -213,3 +218,52 @@ def test_stop_strings_are_sent_and_a_stopped_choice_is_not_truncated(tmp_path, p
         assert r["completion"] == expected
         assert r["truncated"] == (r["sample_idx"] % 2 == 0)
         assert r["n_tokens"] == (5 if r["truncated"] else 2)
+
+
+def test_a_refused_prompt_costs_its_rows_only_and_retry_failed_redoes_them(tmp_path, prompts_file, fake_server):
+    """One prompt the endpoint refuses (HTTP 400): its K rows carry an `error` and no sample, the round goes on,
+    they are never scored or selected, and `--retry-failed` asks again for that prompt alone."""
+    from raft_data.stages.score import score
+    from raft_data.stages.select import select
+
+    state, base = fake_server
+    state.refused_prompts = {"The film is a"}
+    cfg = api_config(tmp_path, prompts_file, base)
+    cfg.executor.max_failed_fraction = 0.5
+    manifest = generate(cfg, 0)
+    assert manifest["counts"]["failed"] == 3 and manifest["cost"]["api_prompt_tokens"] > 0
+    rows = [
+        r for f in storage.shard_files(storage.round_dir(cfg, 0) / "samples") for r in pq.read_table(f).to_pylist()
+    ]
+    failed = [r for r in rows if r["error"] is not None]
+    assert len(failed) == 3 and {r["prompt"] for r in failed} == {"The film is a"}
+    assert all(r["completion"] == "" and "HTTP 400" in r["error"] for r in failed)
+    assert score(cfg, 0)["counts"]["failed"] == 3
+    chosen = select(cfg, 0)
+    assert chosen["counts"]["failed"] == 3 and chosen["counts"]["selected"] == 7  # the refused prompt has none
+
+    asked = len(state.requests)
+    state.refused_prompts = set()
+    again = generate(cfg, 0, retry_failed=True)
+    assert "failed" not in again["counts"] and len(state.requests) == asked + 1  # that prompt alone
+    rows = [
+        r for f in storage.shard_files(storage.round_dir(cfg, 0) / "samples") for r in pq.read_table(f).to_pylist()
+    ]
+    assert all(r["error"] is None for r in rows) and len(rows) == 24
+    with pytest.raises(StageError, match="scores is stale|samples .* changed"):
+        select(cfg, 0, force=True)  # the scores were made from the samples before the retry
+    score(cfg, 0)  # a plain rerun redoes the stale scores
+    assert select(cfg, 0, force=True)["counts"]["selected"] == 8
+
+
+def test_too_many_failed_rows_stop_the_stage_with_one_line(tmp_path, prompts_file, fake_server):
+    state, base = fake_server
+    state.refused_prompts = {"The film is a"}  # its 3 rows are a third or more of its shard: over the default 1%
+    cfg = api_config(tmp_path, prompts_file, base)
+    with pytest.raises(StageError) as refused:
+        generate(cfg, 0)
+    message = str(refused.value)
+    assert "\n" not in message and "executor.max_failed_fraction=0.01" in message
+    match = re.search(r"3 of (\d+) rows of (shard-\d+-of-\d+\.parquet) failed", message)
+    assert match and int(match.group(1)) in (6, 9)
+    assert not (storage.round_dir(cfg, 0) / "samples" / match.group(2)).exists()  # the shard is not written

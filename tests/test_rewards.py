@@ -191,7 +191,7 @@ def test_weighted_components_each_keep_a_column(tmp_path, tiny_model_dir, prompt
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **SMALL, score={"reward": components})
     manifest, data = run_round_scores(cfg)
     scores, samples = data["scores"], data["samples"]
-    assert set(scores) == {"prompt_id", "sample_idx", "reward", "sentiment", "rm", "length"}
+    assert set(scores) == {"prompt_id", "sample_idx", "reward", "sentiment", "rm", "length", "error"}
     for i in range(len(scores["reward"])):
         expected = 0.5 * scores["sentiment"][i] + 2.0 * scores["rm"][i] - 0.01 * scores["length"][i]
         assert scores["reward"][i] == pytest.approx(expected, abs=1e-9)
@@ -218,7 +218,7 @@ def test_plain_reward_name_still_works(tmp_path, tiny_model_dir, prompts_file) -
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, **SMALL)
     _, data = run_round_scores(cfg)
     assert data["scores"]["reward"] == data["scores"]["vader"]
-    assert set(data["scores"]) == {"prompt_id", "sample_idx", "reward", "vader"}
+    assert set(data["scores"]) == {"prompt_id", "sample_idx", "reward", "vader", "error"}
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def test_score_and_select_on_generated_samples(tiny_config) -> None:
     score(tiny_config, 0)
     rdir = storage.round_dir(tiny_config, 0)
     scores = read_folder(rdir / "scores")
-    assert scores.column_names == ["prompt_id", "sample_idx", "reward", "vader"]
+    assert scores.column_names == ["prompt_id", "sample_idx", "reward", "vader", "error"]
     assert scores.num_rows == 24 and all(-1 <= r <= 1 for r in scores["reward"].to_pylist())
     manifest = select(tiny_config, 0)
     selected = read_folder(rdir / "selected")

@@ -19,6 +19,8 @@ class Completion:
     text: str
     n_tokens: int  # generated tokens, the end-of-sequence token (or the one that completed a stop string) included
     truncated: bool  # stopped by max_new_tokens, not by end-of-sequence or a stop string (generate.stop)
+    error: str | None = None  # the backend's call for this prompt failed after its retries: no sample, only why
+    prompt_tokens: int | None = None  # tokens of the prompt as the endpoint reported them (first choice of a prompt)
 
 
 SampleFn = Callable[[list[str], int], list[list[Completion]]]

@@ -4,8 +4,11 @@ One request per prompt with `n=K`, so the server shares the prompt's prefill acr
 is sent as the request's `stop`; the OpenAI API returns the text without the stop string, so where the server names
 the one that matched (vLLM's `stop_reason`) it is put back, as the other backends keep it. Requests run
 `generate.api_concurrency` at a time; 429, 5xx, timeouts and refused connections are retried with exponential
-backoff, any other 4xx stops the shard with a one-line error. A failed shard keeps no marker, so rerunning the stage
-(once the server is back) redoes exactly the unfinished shards.
+backoff. A request that still fails (after its retries, or at once on another 4xx such as a prompt too long for the
+model) costs only its prompt's K rows, written with an `error` and no sample (`generate --retry-failed` asks again
+for those alone); an endpoint that answers none of the first requests stops the shard with a one-line error, and
+a failed shard keeps no marker, so rerunning the stage (once the server is back) redoes exactly the unfinished
+shards.
 
 Run as (vLLM's own server on loopback, from the environment that `make setup-vllm` builds):
     .venv-vllm/bin/vllm serve assets/smollm2-135m-instruct --host 127.0.0.1 --port 8000
@@ -49,25 +52,35 @@ def openai_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig)
         # Each prompt gets its own seed; a server that seeds the K choices as seed, seed + 1, ... (vLLM does)
         # then never reuses a seed within the shard.
         bodies = [request_body(cfg, model, p, seed + i * cfg.n_samples) for i, p in enumerate(prompts)]
-        errors: list[BaseException] = []  # the first failure stops the shard; later requests are not sent
+        # A request that fails after its retries costs its prompt's K rows (an `error` each); an endpoint that
+        # answers none of the first requests is down: the shard stops and later requests are not sent.
+        failures: list[BaseException] = []
+        answered = threading.Event()
         stop = threading.Event()
 
-        def ask(body: dict[str, Any]) -> dict[str, Any] | None:
+        def ask(body: dict[str, Any]) -> dict[str, Any] | BaseException | None:
             if stop.is_set():
                 return None
             try:
-                return post_json(url, body, headers, cfg, stop)
-            except BaseException as e:
-                if not stop.is_set():
-                    errors.append(e)
-                stop.set()
-                return None
+                response = post_json(url, body, headers, cfg, stop)
+                answered.set()
+                return response
+            except BackendError as e:
+                failures.append(e)
+                if not answered.is_set() and len(failures) >= min(len(bodies), cfg.api_concurrency):
+                    stop.set()
+                return e
 
         with ThreadPoolExecutor(max_workers=cfg.api_concurrency) as pool:
             responses = list(pool.map(ask, bodies))
-        if errors:
-            raise errors[0]
-        return [parse_choices(r, cfg, url) for r in responses]
+        if stop.is_set():
+            raise failures[0]
+        return [
+            [Completion("", 0, False, error=str(r)) for _ in range(cfg.n_samples)]
+            if isinstance(r, BaseException)
+            else parse_choices(r, cfg, url)
+            for r in responses
+        ]
 
     return sample
 
@@ -178,4 +191,7 @@ def parse_choices(response: dict[str, Any], cfg: GenerateConfig, url: str) -> li
         if choice.get("finish_reason") == "stop" and isinstance(matched, str) and matched in cfg.stop:
             text += matched
         out.append(Completion(text=text, n_tokens=n_tokens, truncated=choice.get("finish_reason") == "length"))
+    prompt_tokens = (response.get("usage") or {}).get("prompt_tokens")
+    if out and isinstance(prompt_tokens, int):  # what the endpoint counted (and bills) for the prompt
+        out[0].prompt_tokens = prompt_tokens
     return out

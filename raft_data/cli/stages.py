@@ -31,17 +31,28 @@ def add_shard_args(parser: argparse.ArgumentParser, count: str) -> argparse.Argu
     return parser
 
 
+def add_retry_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="redo only the rows that failed (their `error` column is set), finished shards included",
+    )
+    return parser
+
+
 def generate_command(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="raft-data generate",
         description="Sample K completions per prompt for one round and write them as Parquet shards. "
         "executor.kind=ray|slurm runs the shards there.",
     )
-    add_shard_args(add_stage_args(parser), "generate.n_shards")
+    add_retry_arg(add_shard_args(add_stage_args(parser), "generate.n_shards"))
     run_stage(
         parser,
         argv,
-        lambda cfg, a: generate(cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards),
+        lambda cfg, a: generate(
+            cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
+        ),
     )
 
 
@@ -51,8 +62,14 @@ def score_command(argv: list[str] | None = None) -> None:
         description="Score every sample of one round with the configured reward, one scores shard per samples "
         "shard. executor.kind=ray|slurm runs the shards there.",
     )
-    add_shard_args(add_stage_args(parser), "the number of samples shards")
-    run_stage(parser, argv, lambda cfg, a: score(cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards))
+    add_retry_arg(add_shard_args(add_stage_args(parser), "the number of samples shards"))
+    run_stage(
+        parser,
+        argv,
+        lambda cfg, a: score(
+            cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
+        ),
+    )
 
 
 def select_command(argv: list[str] | None = None) -> None:

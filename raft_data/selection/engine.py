@@ -161,8 +161,8 @@ def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckd
     con.read_parquet([str(p) for p in score_files], filename=True, union_by_name=True).create_view("score_files")
     # Columns that only checkable-answer rounds have (and rounds written before they existed lack) read as null, so
     # one set of views serves every round.
-    with_columns(con, "sample_files", "raw_samples", {"answer": "varchar", "level": "varchar"})
-    with_columns(con, "score_files", "raw_scores", {"correct": "double", "extracted": "varchar"})
+    with_columns(con, "sample_files", "raw_samples", {"answer": "varchar", "level": "varchar", "error": "varchar"})
+    with_columns(con, "score_files", "raw_scores", {"correct": "double", "extracted": "varchar", "error": "varchar"})
     return con
 
 
@@ -286,12 +286,16 @@ def check_selected(
         raise DataError(f"{where}: a prompt has {c['max_per_prompt']} rows, more than select.n={cfg.select.n}")
     if strategy == "global_top" and n_rows != math.ceil(round(params["alpha"] * c["n_candidates"], 9)):
         raise DataError(f"{where}: {n_rows} rows, expected alpha={params['alpha']} of {c['n_candidates']}")
-    return {
+    counts = {
         "samples": n_samples,
         "candidates": c["n_candidates"],
         "selected": n_rows,
         "selected_prompts": c["n_prompts"],
     }
+    failed = fetch_row(con, "select count_if(error is not null) from raw_scores")[0]
+    if failed:  # rows the backend or the reward failed on: left out before anything was ranked
+        counts["failed"] = failed
+    return counts
 
 
 def check_pairs(con: duckdb.DuckDBPyConnection, table: pa.Table, cfg: Config, where: str) -> dict[str, int]:

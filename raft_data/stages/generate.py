@@ -24,11 +24,12 @@ import pyarrow.parquet as pq
 
 from raft_data import storage
 from raft_data.backends import BACKENDS
+from raft_data.backends.base import Completion
 from raft_data.config import Config, config_hash, derived_seed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
-from raft_data.errors import ConfigError
+from raft_data.errors import ConfigError, UserError
 from raft_data.models.loading import load_tokenizer, resolve_device
 from raft_data.rewards.checkers import checker_reward
 from raft_data.storage import schemas
@@ -61,10 +62,16 @@ def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
 
 
 def generate(
-    cfg: Config, round_idx: int, force: bool = False, shard: int | None = None, num_shards: int | None = None
+    cfg: Config,
+    round_idx: int,
+    force: bool = False,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    retry_failed: bool = False,
 ) -> dict | None:
     """Run the generate stage of one round (or one shard of it); returns the manifest, or None while shards that
-    other processes run are unfinished."""
+    other processes run are unfinished. `retry_failed` samples again only the prompts whose backend call failed
+    (their rows carry an `error`), in finished shards too."""
     if cfg.generate.backend not in BACKENDS:
         raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
     n_shards = cfg.generate.n_shards
@@ -119,7 +126,7 @@ def generate(
         neighbours=storage.neighbours(cfg, "generate", round_idx),
         setup=write_prompts,
     ) as run:
-        if run.done:
+        if run.done and not retry_failed:
             return run.manifest
         on_gpu = cfg.generate.backend == "vllm" or resolve_device(cfg.generate.device) == "cuda"
         if shard is None:
@@ -131,7 +138,28 @@ def generate(
         generator = f"{cfg.generate.backend}:{model_path}"
         pending = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
         # the backend, loaded once before any progress is drawn (a failure to load is the one line on stderr)
-        sample = BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if pending else None
+        sample = (
+            BACKENDS[cfg.generate.backend](model_path, cfg.model, cfg.generate) if pending or retry_failed else None
+        )
+        max_failed = cfg.executor.max_failed_fraction
+        if retry_failed:
+            texts_by_id = dict(zip(prompts["prompt_id"].to_pylist(), formatted.texts, strict=True))
+
+            def redo(shard_idx: int, table: pa.Table, positions: list[int]) -> pa.Table:
+                # the failed rows are whole prompts (the backend call of a prompt fails for its K rows at once)
+                ids = list(dict.fromkeys(table["prompt_id"][i].as_py() for i in positions))
+                seed = shard_seed(cfg.experiment.seed, round_idx, shard_idx)
+                again = sample_each([texts_by_id[p] for p in ids], sample, seed, cfg.generate.n_samples)
+                fresh = {p: comps for p, comps in zip(ids, again, strict=True)}
+                rows = table.to_pydict()
+                for i in positions:
+                    c = fresh[rows["prompt_id"][i]][rows["sample_idx"][i] % cfg.generate.n_samples]
+                    rows["completion"][i], rows["n_tokens"][i], rows["truncated"][i] = c.text, c.n_tokens, c.truncated
+                    rows["error"][i] = c.error
+                return pa.table(rows, schema=schemas.SAMPLES)
+
+            wanted = range(total) if shard is None else [shard]
+            storage.retry_failed(run, "generate", rdir, wanted, total, redo, schemas.SAMPLES, max_failed)
 
         for pass_idx in range(n_passes(cfg)):
             rows = (
@@ -145,6 +173,7 @@ def generate(
                 lo, hi = bounds[shard_idx - pass_idx * n_shards]
                 take = rows[lo:hi]
                 part, texts = prompts.take(pa.array(take, pa.int64())), [formatted.texts[j] for j in take]
+                reported: dict[str, int] = {}
                 table = run_shard(
                     part,
                     texts,
@@ -156,13 +185,16 @@ def generate(
                     round_idx,
                     cfg,
                     first_idx=pass_idx * cfg.generate.n_samples,
+                    reported=reported,
                 )
-                return table, token_counts(table, texts, tokenizer, cfg.generate.n_samples)
+                return table, token_counts(table, texts, tokenizer, cfg.generate.n_samples) | reported
 
             wanted = range(n_shards) if shard is None else [shard]
             label = f"generate round {round_idx}" + (f" pass {pass_idx}" if total > n_shards else "")
             ids = [pass_idx * n_shards + i for i in wanted]
-            storage.run_shards(run, "generate", rdir, ids, total, build, schemas.SAMPLES, label, on_gpu, shard)
+            storage.run_shards(
+                run, "generate", rdir, ids, total, build, schemas.SAMPLES, label, on_gpu, shard, max_failed
+            )
 
         return storage.finish_when_complete(
             run,
@@ -258,18 +290,21 @@ def run_shard(
     round_idx: int,
     cfg: Config,
     first_idx: int = 0,
+    reported: dict[str, int] | None = None,
 ) -> pa.Table:
     """The shard's rows, prompt by prompt: its K policy samples (sample_idx first_idx .. first_idx + K - 1), then
     each extra source's candidates (sample_idx K, K+1, ...), so `sample_idx` is unique per prompt across sources
     (adaptive sampling's later passes, with first_idx = pass x K, carry no extra sources). A skipped prompt (too
-    long) has no rows."""
+    long) has no rows. `reported` gathers the prompt tokens an endpoint reported, where it reports them."""
     keep = [i for i, t in enumerate(texts) if t is not None]
     ids, originals = part["prompt_id"].to_pylist(), part["prompt"].to_pylist()
     answers, levels = part["answer"].to_pylist(), part["level"].to_pylist()
-    completions = sample([texts[i] for i in keep], seed) if keep else []
+    completions = sample_each([texts[i] for i in keep], sample, seed, cfg.generate.n_samples) if keep else []
     rows: dict[str, list] = {name: [] for name in schemas.SAMPLES.names}
 
-    def add(i: int, idx: int, text: str, n_tokens: int, truncated: bool, source: str, made_by: str) -> None:
+    def add(
+        i: int, idx: int, text: str, n_tokens: int, truncated: bool, source: str, made_by: str, error=None
+    ) -> None:
         for name, value in (
             ("prompt_id", ids[i]),
             ("sample_idx", idx),
@@ -283,12 +318,15 @@ def run_shard(
             ("round", round_idx),
             ("answer", answers[i]),
             ("level", levels[i]),
+            ("error", error),
         ):
             rows[name].append(value)
 
     for i, comps in zip(keep, completions, strict=True):
+        if reported is not None and comps and comps[0].prompt_tokens is not None:
+            reported["api_prompt_tokens"] = reported.get("api_prompt_tokens", 0) + comps[0].prompt_tokens
         for k, c in enumerate(comps):
-            add(i, first_idx + k, c.text, c.n_tokens, c.truncated, "policy", generator)
+            add(i, first_idx + k, c.text, c.n_tokens, c.truncated, "policy", generator, c.error)
         idx = first_idx + len(comps)
         for source in sources:
             for text in candidates(source, ids[i], originals[i]):
@@ -296,6 +334,28 @@ def run_shard(
                 add(i, idx, text, n_tokens, False, source.spec["name"], f"file:{source.spec['path']}")
                 idx += 1
     return pa.table(rows, schema=schemas.SAMPLES)
+
+
+def sample_each(texts: list[str], sample, seed: int, n_samples: int) -> list[list[Completion]]:
+    """The backend's completions of `texts`. Where the call for the batch fails (not a user error: a prompt the
+    model cannot take, an engine that fails on one input), each prompt is asked alone, so one bad prompt costs only
+    its own K rows: they say why in `error` and hold no sample."""
+    try:
+        return sample(texts, seed)
+    except UserError:
+        raise
+    except Exception:
+        pass
+    out = []
+    for j, text in enumerate(texts):
+        try:
+            out += sample([text], seed + j)
+        except UserError:
+            raise
+        except Exception as e:
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+            out.append([Completion("", 0, False, error=why) for _ in range(n_samples)])
+    return out
 
 
 def finish(
@@ -334,6 +394,7 @@ def finish(
             "samples": table.num_rows,
             "truncated": truncated,
             "shards": cfg.generate.n_shards,
+            **storage.failed_count(extra["cost"]),
         },
         extra=extra,
     )

@@ -23,11 +23,15 @@ import pyarrow.parquet as pq
 
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
+from raft_data.errors import DataError, UserError
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import ended_on_eos, load_logprob_fn
 from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
+
+# what scoring reads of a samples shard
+SAMPLE_COLUMNS = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer", "error"]
 
 
 def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
@@ -39,10 +43,16 @@ def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
 
 
 def score(
-    cfg: Config, round_idx: int, force: bool = False, shard: int | None = None, num_shards: int | None = None
+    cfg: Config,
+    round_idx: int,
+    force: bool = False,
+    shard: int | None = None,
+    num_shards: int | None = None,
+    retry_failed: bool = False,
 ) -> dict | None:
     """Run the score stage of one round (or one shard of it: scores shard i holds the rewards of samples shard i);
-    returns the manifest, or None while shards that other processes run are unfinished."""
+    returns the manifest, or None while shards that other processes run are unfinished. `retry_failed` scores
+    again only the rows the reward failed on, in finished shards too."""
     rdir = storage.round_dir(cfg, round_idx)
     samples_dir = rdir / storage.STAGE_FOLDERS["generate"]
     samples_manifest, samples_ref = storage.read_input(cfg, "generate", round_idx)
@@ -63,7 +73,7 @@ def score(
         inputs["generator"] = generator_ref
     device = resolve_device(cfg.score.device)
     # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
-    done = not force and storage.finished(folder, stage_cfg, inputs)
+    done = not force and not retry_failed and storage.finished(folder, stage_cfg, inputs)
     components = [] if done else load_components(cfg.score, device)
     with storage.sharded_stage(
         "score",
@@ -77,7 +87,7 @@ def score(
         inputs=inputs,
         neighbours=storage.neighbours(cfg, "score", round_idx),
     ) as run:
-        if run.done:
+        if run.done and not retry_failed:
             return run.manifest
         if shard is None:
             task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
@@ -104,13 +114,33 @@ def score(
 
         def build(i: int) -> pa.Table:
             src = sample_files[i]
-            wanted = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer"]
-            samples = pq.read_table(src, columns=[c for c in wanted if c in pq.read_schema(src).names])
+            samples = pq.read_table(src, columns=[c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names])
             return score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
 
         wanted = range(total) if shard is None else [shard]
+        max_failed = cfg.executor.max_failed_fraction
+        if retry_failed:
+
+            def redo(i: int, table: pa.Table, positions: list[int]) -> pa.Table:
+                src = sample_files[i]
+                names = [c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names]
+                samples = pq.read_table(src, columns=names).take(pa.array(positions, pa.int64()))
+                fresh = score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
+                return storage.replace_rows(table, positions, fresh)
+
+            storage.retry_failed(run, "score", rdir, wanted, total, redo, schema, max_failed)
         storage.run_shards(
-            run, "score", rdir, wanted, total, build, schema, f"score round {round_idx}", device == "cuda", shard
+            run,
+            "score",
+            rdir,
+            wanted,
+            total,
+            build,
+            schema,
+            f"score round {round_idx}",
+            device == "cuda",
+            shard,
+            max_failed,
         )
 
         def finish() -> dict:
@@ -125,47 +155,107 @@ def score(
                 extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
             if kl:
                 extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
-            return storage.finish_stage(
-                run, "score", round_idx, counts={"scores": n_rows, "shards": total}, extra=extra
-            )
+            counts = {"scores": n_rows, "shards": total, **storage.failed_count(extra["cost"])}
+            return storage.finish_stage(run, "score", round_idx, counts=counts, extra=extra)
 
         return storage.finish_when_complete(run, "score", rdir, total, finish)
 
 
+def row_safe_values(name: str, fn, prompts: list, completions: list, row, answers, errors: list) -> list:
+    """A component's values for a batch; where the reward raises on the batch, each row alone, so that one bad
+    sample costs only its own row: it gets no value (None) and the reason in `errors`. A reward that returns
+    something that is not a finite number still stops the stage (that is a broken reward, not a bad row)."""
+    try:
+        return reward_values(name, fn, prompts, completions, row, answers)
+    except DataError as e:
+        if not isinstance(e.__cause__, Exception) or isinstance(e.__cause__, UserError):
+            raise
+    values: list = []
+    first: DataError | None = None
+    for i in range(len(prompts)):
+        one = None if answers is None else [answers[i]]
+        try:
+            values += reward_values(name, fn, [prompts[i]], [completions[i]], lambda _, i=i: row(i), one)
+        except DataError as e:
+            if not isinstance(e.__cause__, Exception) or isinstance(e.__cause__, UserError):
+                raise
+            first = first or e
+            errors[i] = errors[i] or str(e)
+            values.append(None)
+    if first is not None and all(v is None for v in values):
+        raise first  # it raises on every row: a broken reward (its own exception is the cause), not bad rows
+    return values
+
+
 def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, extract, src: Path) -> pa.Table:
     """The scores of one samples shard: each component's reward, their weighted sum `reward`, with `score.beta` the
-    KL-regularised key (and `logp`, `ref_logp`, `reward_raw`), and the extracted answer when a checker reads one."""
-    prompts, completions = samples["prompt"].to_pylist(), samples["completion"].to_pylist()
-    answers = samples["answer"].to_pylist() if "answer" in samples.column_names else None
-    ids, idxs = samples["prompt_id"].to_pylist(), samples["sample_idx"].to_pylist()
+    KL-regularised key (and `logp`, `ref_logp`, `reward_raw`), and the extracted answer when a checker reads one.
+    A sample that failed to generate is not scored, and a row the reward raises on keeps no reward: both say why in
+    `error` and are never selected."""
+    failed = samples["error"].to_pylist() if "error" in samples.column_names else [None] * samples.num_rows
+    errors: list[str | None] = [f"no sample: {e}" if e is not None else None for e in failed]
+    keep = [i for i, e in enumerate(failed) if e is None]
+    part = samples.take(pa.array(keep, pa.int64())) if len(keep) < samples.num_rows else samples
+    prompts, completions = part["prompt"].to_pylist(), part["completion"].to_pylist()
+    answers = part["answer"].to_pylist() if "answer" in part.column_names else None
+    ids, idxs = part["prompt_id"].to_pylist(), part["sample_idx"].to_pylist()
 
     def row(i: int) -> str:
         return f"prompt_id={ids[i]} sample_idx={idxs[i]} in {src}"
 
-    columns: dict[str, list[float]] = {}
+    part_errors: list[str | None] = [None] * part.num_rows
+    columns: dict[str, list] = {}
     for c in components:
-        columns[c.name] = reward_values(c.name, c.fn, prompts, completions, row, answers) if samples.num_rows else []
-    reward = combine(components, columns) if samples.num_rows else []
-    if logprob_fns:
+        columns[c.name] = (
+            row_safe_values(c.name, c.fn, prompts, completions, row, answers, part_errors) if part.num_rows else []
+        )
+    ok = [i for i in range(part.num_rows) if part_errors[i] is None]
+    reward: list = [None] * part.num_rows
+    if ok:
+        summed = combine(components, {name: [values[i] for i in ok] for name, values in columns.items()})
+        for i, value in zip(ok, summed, strict=True):
+            reward[i] = value
+    for values in columns.values():  # a row the reward failed on keeps no component value either
+        for i in range(part.num_rows):
+            if part_errors[i] is not None:
+                values[i] = None
+    if logprob_fns and ok:
         logp_fn, ref_fn = logprob_fns
-        truncated = samples["truncated"].to_pylist()
-        ended = [ended_on_eos(c, t, cfg.generate.stop) for c, t in zip(completions, truncated, strict=True)]
-        logp = logp_fn(prompts, completions, ended)
-        ref_logp = logp if ref_fn is logp_fn else ref_fn(prompts, completions, ended)
-        columns |= {"reward_raw": reward, "logp": logp, "ref_logp": ref_logp}
-        reward = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(reward, logp, ref_logp, strict=True)]
-        reward = reward_values("reward", lambda p, c, r=reward: r, prompts, completions, row)
+        truncated = part["truncated"].to_pylist()
+        sel_p, sel_c = [prompts[i] for i in ok], [completions[i] for i in ok]
+        ended = [ended_on_eos(completions[i], truncated[i], cfg.generate.stop) for i in ok]
+        logp = logp_fn(sel_p, sel_c, ended)
+        ref_logp = logp if ref_fn is logp_fn else ref_fn(sel_p, sel_c, ended)
+        raw = [reward[i] for i in ok]
+        kl_key = [r - cfg.score.beta * (lp - rlp) for r, lp, rlp in zip(raw, logp, ref_logp, strict=True)]
+        kl_key = reward_values("reward", lambda p, c, r=kl_key: r, sel_p, sel_c, lambda j: row(ok[j]))
+        columns |= {name: [None] * part.num_rows for name in ("reward_raw", "logp", "ref_logp")}
+        for j, i in enumerate(ok):
+            columns["reward_raw"][i], columns["logp"][i], columns["ref_logp"][i] = raw[j], logp[j], ref_logp[j]
+            reward[i] = kl_key[j]
+    elif logprob_fns:
+        columns |= {name: [None] * part.num_rows for name in ("reward_raw", "logp", "ref_logp")}
+    for j, i in enumerate(keep):
+        errors[i] = part_errors[j]
+
+    def full(values: list) -> list:  # the part's values back in the shard's rows; failed samples get None
+        out: list = [None] * samples.num_rows
+        for j, i in enumerate(keep):
+            out[i] = values[j]
+        return out
+
     table = pa.table(
         {
             "prompt_id": samples["prompt_id"],
             "sample_idx": samples["sample_idx"],
-            "reward": pa.array(reward, pa.float64()),
-            **{name: pa.array(values, pa.float64()) for name, values in columns.items()},
+            "reward": pa.array(full(reward), pa.float64()),
+            **{name: pa.array(full(values), pa.float64()) for name, values in columns.items()},
         }
     )
     if extract is not None:
-        table = table.append_column("extracted", pa.array([extract(c) for c in completions], pa.string()))
-    return table
+        found = full([extract(c) for c in completions])
+        table = table.append_column("extracted", pa.array(found, pa.string()))
+    return table.append_column("error", pa.array(errors, pa.string()))
 
 
 def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int) -> dict:

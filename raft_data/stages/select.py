@@ -21,6 +21,7 @@ from raft_data.config import Config
 from raft_data.data.replay import replay_settings, write_replay
 from raft_data.selection.card import dataset_card
 from raft_data.selection.engine import (
+    METRICS_DIR,
     SQL_DIR,
     as_messages,
     check_pairs,
@@ -81,6 +82,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         kept = table["chosen_reward"] if pairs else table["reward"]
         mean_selected = pc.mean(kept).as_py() if table.num_rows else None
         reward = {"mean_all": mean_all, "mean_selected": mean_selected}
+        by_level = {} if pairs else acceptance_by_level(con, table, round_idx)
         lineage = {
             "experiment": cfg.experiment.name,
             "round": round_idx,
@@ -110,6 +112,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
                 "reward": reward,
                 "format": cfg.select.format,
                 "pool_rounds": rounds,
+                **({"acceptance_by_level": by_level} if by_level else {}),
                 **({"replay": replay} if replay is not None else {}),
             },
             folder=tmp,
@@ -126,6 +129,16 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         if counts["selected"] == 0:
             print(f"warning: {empty_selection(cfg, round_idx, manifest)}", file=sys.stderr)
         return manifest
+
+
+def acceptance_by_level(con, table, round_idx: int) -> dict[str, float]:
+    """The share of the round's scored samples of each level that the selection kept (none without levels)."""
+    con.register("selected_rows", table.select(["prompt_id", "sample_idx", "round"]))
+    try:
+        found = con.execute((METRICS_DIR / "acceptance_by_level.sql").read_text(encoding="utf-8"), {"r": round_idx})
+        return {level: round(kept / n, 4) for level, n, kept in found.fetchall() if n}
+    finally:
+        con.unregister("selected_rows")
 
 
 def empty_selection(cfg: Config, round_idx: int, manifest: dict) -> str:

@@ -54,7 +54,16 @@ from raft_data.storage.manifests import (
     tmp_folder,
     verify_files,
 )
-from raft_data.storage.shards import check_shard_args, finish_when_complete, run_shards, shard_costs, sharded_stage
+from raft_data.storage.shards import (
+    check_shard_args,
+    failed_count,
+    finish_when_complete,
+    replace_rows,
+    retry_failed,
+    run_shards,
+    shard_costs,
+    sharded_stage,
+)
 
 __all__ = [
     "NEXT_COMMAND",
@@ -67,6 +76,7 @@ __all__ = [
     "dependants",
     "drift",
     "experiment_dir",
+    "failed_count",
     "file_sha256",
     "finish_stage",
     "finish_when_complete",
@@ -90,6 +100,8 @@ __all__ = [
     "round_dir",
     "round_wall_time",
     "run_elsewhere",
+    "replace_rows",
+    "retry_failed",
     "run_shards",
     "shard_costs",
     "shard_done",

@@ -27,21 +27,26 @@ SAMPLES = pa.schema(
         pa.field("round", pa.int32(), nullable=False),
         pa.field("answer", pa.string(), nullable=True),  # the prompt's gold answer, if the source has one
         pa.field("level", pa.string(), nullable=True),  # the prompt's difficulty level, if the source has one
+        # why the backend produced no sample for this row after its retries (null: the row is a sample); such rows
+        # are never scored, selected or trained on, and `--retry-failed` redoes only them
+        pa.field("error", pa.string(), nullable=True),
     ]
 )
 
 
 def scores_schema(components: list[str], extracted: bool = False) -> pa.Schema:
     """`reward` is what selection ranks by; each reward component keeps its own column; with a checker of answers,
-    `extracted` holds the answer found in the completion (null: none found)."""
+    `extracted` holds the answer found in the completion (null: none found). A row whose sample failed, or whose
+    reward raised on it, has null rewards and says why in `error`: it is never selected."""
     fields = [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("sample_idx", pa.int32(), nullable=False),
-        pa.field("reward", pa.float64(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=True),
     ]
-    fields += [pa.field(name, pa.float64(), nullable=False) for name in components if name != "reward"]
+    fields += [pa.field(name, pa.float64(), nullable=True) for name in components if name != "reward"]
     if extracted:
         fields.append(pa.field("extracted", pa.string(), nullable=True))
+    fields.append(pa.field("error", pa.string(), nullable=True))
     return pa.schema(fields)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from raft_data.config import config_hash
@@ -124,10 +125,13 @@ def run_shards(
     desc: str,
     on_gpu: bool = False,
     held: int | None = None,
+    max_failed: float = 1.0,
 ) -> None:
     """Build and write each shard of `ids` that has no marker. A shard another process holds is left to it (`held`:
     the shard whose lock this process took already, a `--shard` worker's). `build` may return (table, cost) to add
-    figures (tokens, say) to the shard's marker beside its wall and CPU seconds."""
+    figures (tokens, say) to the shard's marker beside its wall and CPU seconds. Rows with an `error` (the backend
+    or the reward failed on them) are written as such, unless they are more than `max_failed` of the shard: then the
+    stage stops with one line and the shard is not written."""
     todo = unfinished(run.folder, ids, total)
     for i in tqdm(todo, desc=desc, unit="shard", disable=not todo):
         path = run.folder / shard_name(i, total)
@@ -143,6 +147,7 @@ def run_shards(
             wall, cpu = time.time(), usage_seconds()
             out = build(i)
             table, cost = out if isinstance(out, tuple) else (out, {})
+            cost["failed_rows"] = check_failures(table, stage, path, max_failed)
             write_parquet(table, path, schema)
             seconds = round(time.time() - wall, 3)
             cost = {"wall_s": seconds, "cpu_s": round(usage_seconds() - cpu, 3), **cost}
@@ -151,6 +156,78 @@ def run_shards(
             mark_shard(path, table.num_rows, cost)
         finally:
             lock.__exit__(None, None, None)
+
+
+def check_failures(table: pa.Table, stage: str, path: Path, max_failed: float) -> int:
+    """How many rows of a shard failed (their `error` is set); more than `max_failed` of them is a StageError."""
+    if "error" not in table.column_names or table.num_rows == 0:
+        return 0
+    errors = table["error"]
+    n_failed = len(errors) - errors.null_count
+    if n_failed > max_failed * table.num_rows:
+        first = next(e for e in errors.to_pylist() if e is not None)
+        raise StageError(
+            f"{stage}: {n_failed} of {table.num_rows} rows of {path.name} failed, more than "
+            f"executor.max_failed_fraction={max_failed:g} (the first: {first}); fix the cause and rerun (finished "
+            "shards are kept), or raise the bound"
+        )
+    return n_failed
+
+
+def failed_positions(path: Path) -> list[int]:
+    """The rows of a finished shard whose `error` is set."""
+    schema = pq.read_schema(path)
+    if "error" not in schema.names:
+        return []
+    return [i for i, e in enumerate(pq.read_table(path, columns=["error"])["error"].to_pylist()) if e is not None]
+
+
+def retry_failed(
+    run: StageRun,
+    stage: str,
+    rdir: Path,
+    ids: list[int] | range,
+    total: int,
+    redo: Callable[[int, pa.Table, list[int]], pa.Table],
+    schema: pa.Schema,
+    max_failed: float = 1.0,
+) -> int:
+    """`--retry-failed`: for each finished shard of `ids` with failed rows, `redo(i, table, positions)` returns the
+    shard with those rows done again (the others as they were); the shard and its marker are rewritten. The
+    manifest is removed first (it is written again once every shard is done), so a reader never sees a manifest
+    that does not list the shard's new checksum. Returns how many rows were retried."""
+    todo = {i: failed_positions(run.folder / shard_name(i, total)) for i in ids}
+    todo = {i: rows for i, rows in todo.items() if rows and shard_done(run.folder / shard_name(i, total))}
+    if not todo:
+        print(f"{stage}: no failed rows to retry in {run.folder}")
+        return 0
+    manifest = run.folder / "manifest.json"
+    n_rows = sum(map(len, todo.values()))
+    if manifest.exists():
+        manifest.unlink()
+        print(f"{stage}: retrying {n_rows} failed rows: removed {manifest}, written again when done")
+    for i, rows in tqdm(todo.items(), desc=f"{stage} retry", unit="shard"):
+        path = run.folder / shard_name(i, total)
+        with shard_lock(rdir, stage, i, total):
+            wall, cpu = time.time(), usage_seconds()
+            table = redo(i, pq.read_table(path), rows)
+            n_failed = check_failures(table, stage, path, max_failed)
+            write_parquet(table, path, schema)
+            cost = {"wall_s": round(time.time() - wall, 3), "cpu_s": round(usage_seconds() - cpu, 3)}
+            old = (read_json(marker_path(path)).get("cost") or {}) if marker_path(path).exists() else {}
+            merged = {k: round(old.get(k, 0) + v, 3) for k, v in cost.items()}
+            mark_shard(path, table.num_rows, {**old, **merged, "failed_rows": n_failed})
+    return n_rows
+
+
+def replace_rows(table: pa.Table, positions: list[int], new: pa.Table) -> pa.Table:
+    """`table` with its rows at `positions` replaced by the rows of `new`, in order (same columns)."""
+    data = table.to_pydict()
+    fresh = new.select(table.column_names).to_pydict()
+    for j, i in enumerate(positions):
+        for name in table.column_names:
+            data[name][i] = fresh[name][j]
+    return pa.table(data, schema=table.schema)
 
 
 def mark_shard(path: Path, n_rows: int, cost: dict[str, Any]) -> None:
@@ -168,6 +245,12 @@ def shard_costs(folder: Path) -> dict[str, float]:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 total[key] = round(total.get(key, 0) + value, 3)
     return total
+
+
+def failed_count(cost: dict[str, Any]) -> dict[str, int]:
+    """{"failed": rows} for a stage's counts where rows failed (summed from its shards' markers), else nothing."""
+    failed = int(cost.get("failed_rows", 0))
+    return {"failed": failed} if failed else {}
 
 
 def finish_when_complete(run: StageRun, stage: str, rdir: Path, total: int, finish: Callable[[], dict]) -> dict | None:

@@ -19,13 +19,17 @@ from raw_scores;
 
 create or replace temp view scored as
 with sample_rows as (
-    select prompt_id, sample_idx, prompt, completion, n_tokens, truncated, source, round, answer, level
+    select
+        prompt_id, sample_idx, prompt, completion, n_tokens, truncated, source, round, answer, level,
+        error as sample_error
     from raw_samples
 ),
 
 score_rows as (
     -- struct_extract on the row keeps projection pushdown: only the named column is read
-    select reward, struct_extract(raw_scores, getvariable('rank_by')) as rank_key, correct, extracted
+    select
+        reward, struct_extract(raw_scores, getvariable('rank_by')) as rank_key, correct, extracted,
+        error as score_error
     from raw_scores
 ),
 
@@ -38,12 +42,15 @@ final as (
         score_rows.reward,
         cast(score_rows.rank_key as double) as rank_key,
         score_rows.correct,
-        score_rows.extracted
+        score_rows.extracted,
+        sample_rows.sample_error,
+        score_rows.score_error
     from sample_rows
     positional join score_rows
 )
 
-select * from final;
+-- a row the backend or the reward failed on is no sample: never ranked, counted, selected or trained on
+select * exclude (sample_error, score_error) from final where sample_error is null and score_error is null;
 
 create or replace temp view pass_rates as
 with scored_rows as (
