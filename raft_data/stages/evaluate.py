@@ -411,14 +411,6 @@ def baseline_model_id(cfg: Config) -> str:
     return f"base:{cfg.model.name_or_path}"
 
 
-def _shard_task(cfg_data: dict, round_idx: int | None, shard_idx: int) -> int:
-    """One shard in another process (a Ray task, a Slurm array task): `eval --shard i` there."""
-    from raft_data.config import config_from_dict
-
-    evaluate_model(config_from_dict(cfg_data), round_idx, shard=shard_idx)
-    return shard_idx
-
-
 def evaluate_model(
     cfg: Config, round_idx: int | None, force: bool = False, shard: int | None = None, num_shards: int | None = None
 ) -> dict | None:
@@ -456,7 +448,7 @@ def evaluate_model(
         bounds = [(i * prompts.num_rows // total, (i + 1) * prompts.num_rows // total) for i in range(total)]
         on_gpu = resolve_device(cfg.generate.device) == "cuda"
         if shard is None:
-            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            task = functools.partial(storage.shard_task, evaluate_model, cfg.to_dict(), round_idx)
             todo = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
             storage.run_elsewhere(cfg.executor, task, todo, f"eval {label}", storage.experiment_dir(cfg), int(on_gpu))
         loaded: dict[str, Any] = {}

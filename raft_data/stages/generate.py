@@ -53,14 +53,6 @@ def load_prompt_tokenizer(model_path: str, cfg: Config):
     return load_tokenizer(model_path, cfg.model)
 
 
-def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
-    """One shard in another process (a Ray task, a Slurm array task): `generate --shard i` there."""
-    from raft_data.config import config_from_dict
-
-    generate(config_from_dict(cfg_data), round_idx, shard=shard_idx)
-    return shard_idx
-
-
 def generate(
     cfg: Config,
     round_idx: int,
@@ -130,7 +122,7 @@ def generate(
             return run.manifest
         on_gpu = cfg.generate.backend == "vllm" or resolve_device(cfg.generate.device) == "cuda"
         if shard is None:
-            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            task = functools.partial(storage.shard_task, generate, cfg.to_dict(), round_idx)
             todo = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, total))]
             desc = f"generate round {round_idx}"
             storage.run_elsewhere(cfg.executor, task, todo, desc, storage.experiment_dir(cfg), int(on_gpu))

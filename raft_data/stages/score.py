@@ -34,14 +34,6 @@ from raft_data.storage import schemas
 SAMPLE_COLUMNS = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer", "error"]
 
 
-def _shard_task(cfg_data: dict, round_idx: int, shard_idx: int) -> int:
-    """One shard in another process (a Ray task, a Slurm array task): `score --shard i` there."""
-    from raft_data.config import config_from_dict
-
-    score(config_from_dict(cfg_data), round_idx, shard=shard_idx)
-    return shard_idx
-
-
 def score(
     cfg: Config,
     round_idx: int,
@@ -90,7 +82,7 @@ def score(
         if run.done and not retry_failed:
             return run.manifest
         if shard is None:
-            task = functools.partial(_shard_task, cfg.to_dict(), round_idx)
+            task = functools.partial(storage.shard_task, score, cfg.to_dict(), round_idx)
             todo = [i for i in range(total) if not storage.shard_done(folder / sample_files[i].name)]
             gpus = int(device == "cuda")
             storage.run_elsewhere(

@@ -3,7 +3,7 @@ folders and shard names, the table of stages, atomic writes, markers, locks, man
 `stage()` ritual, the shard engine and its executors, and the Parquet schemas.
 """
 
-from raft_data.storage.executors import run_elsewhere
+from raft_data.storage.executors import run_elsewhere, shard_task
 from raft_data.storage.files import (
     file_sha256,
     make_dir,
@@ -107,6 +107,7 @@ __all__ = [
     "shard_done",
     "shard_files",
     "shard_name",
+    "shard_task",
     "sharded_stage",
     "stage",
     "stage_folders",

@@ -25,6 +25,15 @@ def last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def shard_task(stage: Callable[..., Any], cfg_data: dict[str, Any], round_idx: int | None, shard_idx: int) -> int:
+    """What runs in another process: `stage(cfg, round_idx, shard=i)`, the stage's own `--shard i` path.
+    `functools.partial(shard_task, score, cfg.to_dict(), round_idx)` is the task a stage hands to `run_elsewhere`."""
+    from raft_data.config import config_from_dict
+
+    stage(config_from_dict(cfg_data), round_idx, shard=shard_idx)
+    return shard_idx
+
+
 def call(task: Callable[[int], Any], shard: int) -> Any:
     """`task(shard)` in a worker: Ray takes plain functions, not partial ones."""
     return task(shard)
