@@ -355,6 +355,29 @@ def kept_rejected_html(samples: pa.Table, n_prompts: int) -> str:
     return "<table>" + "".join(out) + "</table>"
 
 
+def cost_html(cfg: Config, rows: list[dict[str, Any]]) -> str:
+    """One row per round: what it cost in seconds and tokens, per selected sample, and its acceptance rate."""
+    head = "<tr><th>round</th><th>selected</th><th>seconds</th><th>tokens</th><th>s / selected</th>"
+    head += "<th>tokens / selected</th><th>acceptance</th></tr>"
+    body = []
+    for row in rows:
+        cost = storage.round_cost(cfg, row["round"]) if row["round"] is not None else None
+        if cost is None:
+            continue
+        levels = " ".join(f"{html.escape(str(lv))} {rate:.3f}" for lv, rate in cost["acceptance_by_level"].items())
+        cells = [
+            row["label"],
+            str(cost["selected"]),
+            _fmt(cost["seconds"], "{:.1f}"),
+            str(cost["tokens"]) if cost["tokens"] is not None else "",
+            _fmt(cost.get("seconds_per_selected"), "{:.3f}"),
+            _fmt(cost.get("tokens_per_selected"), "{:.1f}"),
+            _fmt(cost["acceptance"], "{:.3f}") + (f" ({levels})" if levels else ""),
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(body)}</table>"
+
+
 def _img(name: str, png: bytes) -> str:
     return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -431,6 +454,10 @@ Held-out metrics use {len(set(rows[-1]["eval"]["prompt_id"].to_pylist()))} promp
 <p class="muted">KL/seq is per sampled completion; KL/token and entropy/token are per completion token (nats).
 ppl ratio is the perplexity of held-out reference text over the base model's.</p>
 {_img("perplexity and diversity", pngs["quality.png"])}
+<h2>What each round cost</h2>
+<p class="muted">Seconds of every stage of the round (summed over the processes that ran its shards), generated
+tokens, and both per selected sample; acceptance is selected / samples (by level where the prompts have levels).</p>
+{cost_html(cfg, rows)}
 <h2>Reward-hacking flags</h2>
 <p class="muted">A round is flagged when its training reward (all samples or selected) rose while the held-out
 second reward or distinct-2 fell by more than {NOISE_SE:g} standard errors (the two evals' combined), or when its

@@ -112,6 +112,7 @@ def test_report_renders_html_with_plots(two_rounds: Config, tmp_path: Path) -> N
     assert len(embedded) == 3 and all(_png_ok(base64.b64decode(b)) for b in embedded)
     assert page.count("<tr>") >= 4  # header, base, round 0, round 1 in the metrics table at least
     assert "kept" in page and "rejected" in page
+    assert "What each round cost" in page and re.search(r"<td>0</td><td>\d+</td><td>[0-9.]+</td><td>\d+</td>", page)
     # the latest model's greedy completions appear in the examples table
     latest = storage.read_eval(storage.round_dir(two_rounds, 1) / "eval")[1].to_pylist()
     import html

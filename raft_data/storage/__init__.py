@@ -34,6 +34,7 @@ from raft_data.storage.lineage import (
     policy_for_round,
     read_eval,
     read_input,
+    round_cost,
     round_wall_time,
 )
 from raft_data.storage.manifests import (
@@ -97,6 +98,7 @@ __all__ = [
     "read_manifest",
     "read_verified",
     "remove_tree",
+    "round_cost",
     "round_dir",
     "round_wall_time",
     "run_elsewhere",

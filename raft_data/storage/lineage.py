@@ -111,6 +111,36 @@ def round_wall_time(cfg: Config, round_idx: int) -> float:
     return total
 
 
+def round_cost(cfg: Config, round_idx: int) -> dict[str, Any] | None:
+    """What a round's selected samples cost, from its manifests: generated tokens and seconds of every stage (summed
+    over the processes that ran their shards), the same per selected sample, and the acceptance rate (selected /
+    samples, and by level where the prompts have levels). None before the round's selection is finished."""
+    rdir = round_dir(cfg, round_idx)
+    select_path = rdir / STAGE_FOLDERS["select"] / "manifest.json"
+    if not select_path.exists():
+        return None
+    selected_manifest = read_json(select_path)
+    counts = selected_manifest.get("counts") or {}
+    selected, samples = counts.get("selected") or 0, counts.get("samples") or 0
+    seconds, tokens = 0.0, None
+    for stage, folder in STAGE_FOLDERS.items():
+        path = rdir / folder / "manifest.json"
+        if not path.exists():
+            continue
+        manifest = read_json(path)
+        cost = manifest.get("cost") or {}
+        seconds += cost.get("wall_s", manifest.get("wall_time_s", 0.0))
+        if stage == "generate":
+            tokens = cost.get("generated_tokens")
+    out: dict[str, Any] = {"selected": selected, "samples": samples, "seconds": round(seconds, 3), "tokens": tokens}
+    if selected:
+        out["seconds_per_selected"] = seconds / selected
+        out["tokens_per_selected"] = tokens / selected if tokens is not None else None
+    out["acceptance"] = selected / samples if samples else None
+    out["acceptance_by_level"] = selected_manifest.get("acceptance_by_level") or {}
+    return out
+
+
 def read_eval(folder: Path) -> tuple[dict[str, Any], pa.Table] | None:
     """(manifest, completions) of a finished eval folder, or None."""
     if not (folder / "manifest.json").exists():

@@ -55,7 +55,7 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
                 lines.append(
                     f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
                 )
-            per = per_selected(cfg, round_idx, m)
+            per = per_selected(cfg, round_idx)
             if per:
                 lines.append(f"  {'':10s} per selected sample: {per}")
         if stage == "eval" and m.get("metrics"):
@@ -69,25 +69,18 @@ def format_cost(cost: dict) -> str:
     return ", ".join(f"{k} {v:g}" for k, v in parts if v is not None)
 
 
-def per_selected(cfg: Config, round_idx: int, select_manifest: dict) -> str:
-    """What each selected sample cost: generated tokens and seconds of generate and score, and the acceptance rate
-    (selected / samples), by level where the round has levels."""
-    counts = select_manifest.get("counts") or {}
-    selected, samples = counts.get("selected") or 0, counts.get("samples") or 0
-    if not selected:
+def per_selected(cfg: Config, round_idx: int) -> str:
+    """What each selected sample cost (generated tokens, seconds of the round's stages) and the acceptance rate,
+    by level where the round has levels."""
+    cost = storage.round_cost(cfg, round_idx)
+    if not cost or not cost["selected"]:
         return ""
-    rdir = storage.round_dir(cfg, round_idx)
-    costs = {}
-    for stage in ("generate", "score"):
-        path = rdir / storage.STAGE_FOLDERS[stage] / "manifest.json"
-        costs[stage] = storage.read_json(path).get("cost") or {} if path.exists() else {}
-    tokens = costs["generate"].get("generated_tokens")
-    seconds = sum(c.get("wall_s", 0.0) for c in costs.values())
-    parts = [f"{tokens / selected:.1f} tokens" if tokens is not None else None, f"{seconds / selected:.3f} s"]
-    parts.append(f"acceptance {selected / samples:.3f}" if samples else None)
-    levels = select_manifest.get("acceptance_by_level") or {}
-    if levels:
-        parts.append(" ".join(f"{lv} {rate:.3f}" for lv, rate in levels.items()))
+    parts = [
+        f"{cost['tokens_per_selected']:.1f} generated tokens" if cost.get("tokens_per_selected") is not None else "",
+        f"{cost['seconds_per_selected']:.3f} s",
+        f"acceptance {cost['acceptance']:.3f}" if cost["acceptance"] is not None else "",
+        " ".join(f"{lv} {rate:.3f}" for lv, rate in cost["acceptance_by_level"].items()),
+    ]
     return ", ".join(p for p in parts if p)
 
 
