@@ -29,7 +29,9 @@ def shard_task(stage: Callable[..., Any], cfg_data: dict[str, Any], round_idx: i
     """What runs in another process: `stage(cfg, round_idx, shard=i)`, the stage's own `--shard i` path.
     `functools.partial(shard_task, score, cfg.to_dict(), round_idx)` is the task a stage hands to `run_elsewhere`."""
     from raft_data.config import config_from_dict
+    from raft_data.storage.shards import WAIT_FOR_HELD_SHARDS
 
+    WAIT_FOR_HELD_SHARDS["on"] = True  # this process runs executor tasks only
     stage(config_from_dict(cfg_data), round_idx, shard=shard_idx)
     return shard_idx
 

@@ -152,13 +152,14 @@ def opened(path: Path) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def stage_lock(rdir: Path, stage: str) -> Iterator[None]:
-    """Refuse a second process on the same round and stage. The OS drops the lock when a process dies, even by -9."""
+def stage_lock(rdir: Path, stage: str, wait: bool = False) -> Iterator[None]:
+    """Refuse a second process on the same round and stage (`wait`: wait for the first to finish instead). The OS
+    drops the lock when a process dies, even by -9."""
     make_dir(rdir)
     path = rdir / f".{stage}.lock"
     with opened(path) as f:
         try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"

@@ -58,9 +58,14 @@ def setup_lock(rdir: Path, stage: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
+# An executor's task waits for a shard that another process still runs (a task the dead driver of an earlier
+# attempt started, say) and then finds it done; a worker a person started refuses it with one line instead.
+WAIT_FOR_HELD_SHARDS = {"on": False}
+
+
 def shard_lock(rdir: Path, stage: str, shard_idx: int, total: int) -> contextlib.AbstractContextManager:
     """One process per shard: the shard's own lock, so workers on other shards of the stage run beside it."""
-    return stage_lock(rdir, f"{stage}.{Path(shard_name(shard_idx, total)).stem}")
+    return stage_lock(rdir, f"{stage}.{Path(shard_name(shard_idx, total)).stem}", wait=WAIT_FOR_HELD_SHARDS["on"])
 
 
 def check_shard_args(stage: str, shard: int | None, num_shards: int | None, total: int, force: bool, key: str) -> None:
