@@ -53,10 +53,10 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 generate: setup
-	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(GENERATE_ARGS)
+	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(SHARD_ARGS)
 
 score: setup
-	$(VENV)/bin/raft-data score $(STAGE_ARGS)
+	$(VENV)/bin/raft-data score $(STAGE_ARGS) $(SHARD_ARGS)
 
 select: setup
 	$(VENV)/bin/raft-data select $(STAGE_ARGS)
@@ -87,7 +87,7 @@ rounds: setup
 	$(VENV)/bin/raft-data rounds $(N) --config $(EXP) $(OVERRIDES)
 
 eval: setup
-	$(VENV)/bin/raft-data eval $(STAGE_ARGS)
+	$(VENV)/bin/raft-data eval $(STAGE_ARGS) $(SHARD_ARGS)
 
 report: setup
 	$(VENV)/bin/raft-data report --config $(EXP) $(OVERRIDES)
@@ -129,8 +129,8 @@ sql: setup
 bench-select: setup
 	$(PY) -m bench.select
 
-# --- generation at scale: one shard per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
-GENERATE_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
+# --- at scale: one shard of generate, score or eval per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
+SHARD_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
 
 .PHONY: bench-generate
 bench-generate: setup
