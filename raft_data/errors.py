@@ -27,3 +27,15 @@ class ModelLoadError(UserError, ValueError):
 
 class BackendError(UserError, ValueError):
     """A backend that cannot run or a server that refuses the requests; the message says which and why."""
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """`repr(value)` for an error message: at most `limit` characters, and never an error itself (a user's object
+    whose repr raises, an integer too long to print)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    try:
+        text = repr(value)
+    except Exception:
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
