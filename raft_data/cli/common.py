@@ -12,6 +12,7 @@ from typing import Any
 
 from raft_data.config import Config, load_config
 from raft_data.errors import UserError
+from raft_data.models.checks import check_model_limits
 
 DEFAULT_CONFIG = "pipelines/imdb_positive.yaml"
 # `--debug` anywhere on the command line (or RAFT_DEBUG=1): user errors keep their traceback and its causes
@@ -85,4 +86,10 @@ def run_stage(
     """Parse `argv`, load the config (defaults < YAML < overrides) and run `call(cfg, args)`, user errors as one
     line and exit status 2."""
     args = parse(parser, argv)
-    return guarded(lambda: call(load_config(args.config, args.overrides), args))
+
+    def run() -> Any:
+        cfg = load_config(args.config, args.overrides)
+        check_model_limits(cfg, cfg.model.name_or_path)  # what the model cannot take, refused before anything loads
+        return call(cfg, args)
+
+    return guarded(run)
