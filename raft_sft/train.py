@@ -93,7 +93,9 @@ SFT_MAXIMUMS = {
 def check_sft_value(key: str, value: Any, default: Any) -> None:
     """A ConfigError naming `sft.key=value` when the value is not of the field's kind (number, integer, true or
     false, as TRL's default is) or outside its bounds."""
-    if key == "data_seed" and default is None:  # an optional integer
+    if value is None and default is None:  # an optional field left unset
+        return
+    if key == "data_seed":  # an optional integer
         default = 0
     if isinstance(default, bool):
         ok, expected = isinstance(value, bool), "true or false"
@@ -105,8 +107,10 @@ def check_sft_value(key: str, value: Any, default: Any) -> None:
     else:
         return
     low, high = SFT_MINIMUMS.get(key), SFT_MAXIMUMS.get(key)
-    if ok and value is not None and ((low is not None and value < low) or (high is not None and value > high)):
-        ok, expected = False, f">= {low}" if high is None else f"in [{low}, {high:,}]"
+    if ok and low is not None and value < low:
+        ok, expected = False, f">= {low}"
+    elif ok and high is not None and value > high:
+        ok, expected = False, f"<= {high:,}"
     if not ok:
         raise ConfigError(f"sft.{key}={shown(value)} is invalid: expected {expected}")
 
