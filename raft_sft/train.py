@@ -93,6 +93,8 @@ SFT_MAXIMUMS = {
 def check_sft_value(key: str, value: Any, default: Any) -> None:
     """A ConfigError naming `sft.key=value` when the value is not of the field's kind (number, integer, true or
     false, as TRL's default is) or outside its bounds."""
+    if isinstance(value, float) and not math.isfinite(value):  # in any field, numbers or not
+        raise ConfigError(f"sft.{key}={value!r} is invalid: expected a finite number")
     if value is None and default is None:  # an optional field left unset
         return
     if key == "data_seed":  # an optional integer

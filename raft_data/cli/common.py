@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from raft_data.config import Config, load_config
-from raft_data.errors import UserError
+from raft_data.errors import UserError, one_line
 from raft_data.models.checks import check_model_limits
 
 DEFAULT_CONFIG = "pipelines/imdb_positive.yaml"
@@ -66,7 +66,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 def fail(message: str) -> None:
     """One line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(2)
 
 

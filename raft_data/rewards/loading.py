@@ -23,9 +23,9 @@ from raft_data.rewards.hf import hf_reward
 REWARD_REF = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
 # A reward outside this bound is a bug in the reward: the weighted sum of such values could overflow.
 MAX_REWARD = 1e12
-# What a reward's own code may raise besides Exception, and what is contained as its failure: it must not end the
-# stage silently (SystemExit(0) would exit with status 0 and no manifest).
-CONTAINED = (Exception, SystemExit, KeyboardInterrupt)
+# Whatever a reward's own code raises is contained as its failure, SystemExit and KeyboardInterrupt included: it
+# must not end the stage silently (SystemExit(0) would exit with status 0 and no manifest).
+CONTAINED = (BaseException,)
 
 
 def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardFn]:
