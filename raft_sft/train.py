@@ -253,6 +253,11 @@ def fit(
         dataset = tokenize_examples(dataset, tokenizer)
     lora = peft_config(cfg)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    if len(trainer.train_dataset) == 0:  # TRL drops examples whose completion was cut away entirely
+        raise StageError(
+            f"SFT has no example left to train on: all {len(dataset)} were cut to prompt tokens only by "
+            f"sft.max_length={args.max_length}; raise it"
+        )
     seen: list[str] = []
     if record:
         log_examples(trainer, example_ids, seen)

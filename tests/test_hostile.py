@@ -98,8 +98,16 @@ def merge_bomb(levels: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
+def billion_laughs_in_one_line(levels: int = 9) -> str:
+    """The same in flow style: one line, as an override's value can be."""
+    items = [f"&a0 [{', '.join(['lol'] * 10)}]"]
+    items += [f"&a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return f"[{', '.join(items)}]"
+
+
 HOSTILE_YAML = {
     "billion-laughs": (billion_laughs(), f"more than {MAX_YAML_SIZE:,} items"),
+    "billion-laughs-in-one-line": (billion_laughs_in_one_line(), f"more than {MAX_YAML_SIZE:,} items"),
     "merge-keys": (merge_bomb(), f"more than {MAX_YAML_SIZE:,} items"),
     "nested-20000": ("[" * 20000 + "]" * 20000, f"more than {MAX_YAML_DEPTH} collections deep"),
     "self-alias": ("&a [*a]", "an alias stands inside the collection it names"),
@@ -404,6 +412,15 @@ def test_sft_that_diverges_publishes_nothing_and_the_corrected_rerun_runs(world,
     raft_sft(["train", "--config", str(config)])  # the corrected rerun: the config's learning rate
     assert (model / "manifest.json").exists()
     check_finite_weights(model)
+
+
+def test_sft_whose_max_length_leaves_no_completion_token_is_one_line(world, tmp_path, capsys) -> None:
+    cfg, config = world
+    for stage in (generate, score, select):
+        stage(cfg, 0)
+    line = one_line(["train", "--config", str(config), "sft.max_length=1"], capsys, tmp_path / "runs", sft=True)
+    assert "no example left to train on" in line and "sft.max_length=1" in line, line
+    assert not (storage.round_dir(cfg, 0) / "model").exists()
 
 
 def nan_model(source: Path, dest: Path) -> Path:
