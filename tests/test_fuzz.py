@@ -64,6 +64,11 @@ def examples(n: int) -> settings:
 PROGRESS = re.compile(r"\d+%\||examples/s\]|it/s\]")
 
 
+def is_progress(line: str) -> bool:
+    """A progress bar drawn on stderr (the error line itself may echo a value that looks like one)."""
+    return not line.startswith("error: ") and PROGRESS.search(line) is not None
+
+
 def run(argv: list[str], sft: bool = False) -> tuple[int, str, str]:
     """A command in this process: (exit status, stdout, stderr without progress bars). Anything but a clean exit
     or SystemExit propagates, and fails the test with its traceback."""
@@ -74,7 +79,7 @@ def run(argv: list[str], sft: bool = False) -> tuple[int, str, str]:
             (raft_sft if sft else raft_data)(argv)
         except SystemExit as e:
             code = e.code
-    lines = [line for line in err.getvalue().splitlines() if line.strip() and not PROGRESS.search(line)]
+    lines = [line for line in err.getvalue().splitlines() if line.strip() and not is_progress(line)]
     return code, out.getvalue(), "\n".join(lines)
 
 

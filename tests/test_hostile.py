@@ -47,6 +47,11 @@ SMALL = {
 PROGRESS = re.compile(r"\d+%\||examples/s\]|it/s\]")  # progress bars, drawn on stderr before an error
 
 
+def is_progress(line: str) -> bool:
+    """A progress bar drawn on stderr (the error line itself may echo a value that looks like one)."""
+    return not line.startswith("error: ") and PROGRESS.search(line) is not None
+
+
 def finished(root: Path) -> dict[str, bytes]:
     """Every file of every finished stage folder (one with a manifest.json) under root, path -> bytes."""
     out = {}
@@ -65,7 +70,7 @@ def one_line(argv: list[str], capsys, runs: Path | None = None, sft: bool = Fals
     with pytest.raises(SystemExit) as exit_info:
         (raft_sft if sft else raft_data)(argv)
     err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.search(line)]
+    lines = [line for line in err.splitlines() if line.strip() and not is_progress(line)]
     assert exit_info.value.code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     if runs:
