@@ -20,7 +20,7 @@ from typing import Any
 
 from raft_data import storage
 from raft_data.config import Config
-from raft_data.config.sections import MAX_COUNT, MAX_SEED, MAX_TOKENS
+from raft_data.config.sections import MAX_COUNT, MAX_SEED, MAX_TOKENS, finite
 from raft_data.errors import ConfigError, DataError, StageError, shown
 from raft_data.models.checks import check_finite_weights, check_model_limits, nonfinite_weights
 from raft_data.models.logprobs import ended_on_eos
@@ -104,7 +104,7 @@ def check_sft_value(key: str, value: Any, default: Any) -> None:
     elif isinstance(default, int):
         ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = finite(value)
         expected = "a number"
     else:
         return
@@ -311,7 +311,7 @@ def first_nonfinite_loss(log_history: list[dict[str, Any]], result: Any) -> tupl
     losses = [(entry.get("step"), entry["loss"]) for entry in log_history if "loss" in entry]
     losses.append(("end", result.training_loss))
     for step, loss in losses:
-        if not isinstance(loss, (int, float)) or isinstance(loss, bool) or not math.isfinite(loss):
+        if not finite(loss):
             return step, loss
     return None
 

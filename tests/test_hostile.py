@@ -320,6 +320,8 @@ def test_checkers_score_what_they_cannot_read_as_incorrect_and_count_it() -> Non
         ("prompts.path=" + "p" * 300 + ".jsonl", "no part longer than 255 bytes"),
         ("experiment.output_root=runs/a\x00b", "no NUL character"),
         ("generate.temperature=1e400", "generate.temperature=inf"),
+        (f"score.reward=[{{ref: vader, weight: {10**400}}}]", "weight=an integer of about 400 digits is invalid"),
+        (f"rounds.epsilon={10**400}", "rounds.epsilon=an integer of about 400 digits is invalid"),
     ],
 )
 def test_settings_that_cannot_work_are_refused_before_anything_loads(override, fragment, world, capsys) -> None:
@@ -342,6 +344,8 @@ def test_budgets_and_ranks_beyond_the_model_are_refused_before_it_loads(world, t
     assert "eval.max_new_tokens=256 is invalid" in one_line(["eval", "--config", c, "eval.max_new_tokens=256"], capsys)
     line = one_line(["train", "--config", c, "lora.r=64"], capsys, sft=True)
     assert "lora.r=64 is invalid: expected at most the model's width, 32" in line
+    line = one_line(["train", "--config", c, f"sft.num_train_epochs={10**400}"], capsys, sft=True)
+    assert "sft.num_train_epochs=an integer of about 400 digits is invalid: expected a number" in line
     for seed in ("-1", "4294967296"):
         assert f"sft.seed={seed} is invalid" in one_line(
             ["train", "--config", c, f"sft.seed={seed}"], capsys, sft=True

@@ -34,12 +34,20 @@ MAX_REWARD_WEIGHT = 1e6  # a reward component's weight, so that a weighted sum o
 REWARD_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*|[A-Za-z_]\w*")
 
 
+def finite(value: Any) -> bool:
+    """A number that is not NaN or infinite; an integer too large for a float is not one either."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _count(key: str, value: int, low: int, high: int) -> None:
     _require(low <= value <= high, key, value, f"an integer in [{low}, {high:,}]")
 
 
 def _positive_finite(key: str, value: float, high: float) -> None:
-    _require(math.isfinite(value) and 0 < value <= high, key, value, f"a number in (0, {high:g}]")
+    _require(finite(value) and 0 < value <= high, key, value, f"a number in (0, {high:g}]")
 
 
 def _path(key: str, value: str | None) -> None:
@@ -185,9 +193,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         _count("generate.n_samples", self.n_samples, 1, MAX_COUNT)
-        _require(
-            self.temperature >= 0 and math.isfinite(self.temperature), "generate.temperature", self.temperature, ">= 0"
-        )
+        _require(self.temperature >= 0 and finite(self.temperature), "generate.temperature", self.temperature, ">= 0")
         _require(0 < self.top_p <= 1, "generate.top_p", self.top_p, "in (0, 1]")
         _count("generate.top_k", self.top_k, 0, 2**31 - 1)
         _count("generate.max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
@@ -257,7 +263,7 @@ class GenerateConfig:
         _positive_finite("generate.api_timeout_s", self.api_timeout_s, 86400.0)
         _count("generate.api_max_retries", self.api_max_retries, 0, 100)
         _require(
-            math.isfinite(self.api_backoff_s) and 0 <= self.api_backoff_s <= 3600,
+            finite(self.api_backoff_s) and 0 <= self.api_backoff_s <= 3600,
             "generate.api_backoff_s",
             self.api_backoff_s,
             "a number in [0, 3600]",
@@ -385,11 +391,11 @@ class ScoreConfig:
                 raise ConfigError(f"score.extract_regex={self.extract_regex!r} is invalid: {e}") from None
         matches = ("exact", "numeric", "math_verify")
         _require(self.match in matches, "score.match", self.match, "|".join(matches))
-        _require(self.tolerance >= 0 and math.isfinite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
+        _require(self.tolerance >= 0 and finite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
         _require(
             self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
         )
-        _require(self.beta >= 0 and math.isfinite(self.beta), "score.beta", self.beta, ">= 0")
+        _require(self.beta >= 0 and finite(self.beta), "score.beta", self.beta, ">= 0")
         _count("score.batch_size", self.batch_size, 1, MAX_COUNT)
         _require(self.device in ("auto", "cpu", "cuda"), "score.device", self.device, "auto|cpu|cuda")
         if isinstance(self.reward, list):
@@ -423,10 +429,7 @@ def _check_reward_component(i: int, c: Any) -> str:
         _path(f"{key}.model", c["model"])
     weight = c.get("weight", 1.0)
     _require(
-        isinstance(weight, (int, float))
-        and not isinstance(weight, bool)
-        and math.isfinite(weight)
-        and abs(weight) <= MAX_REWARD_WEIGHT,
+        finite(weight) and abs(weight) <= MAX_REWARD_WEIGHT,
         f"{key}.weight",
         weight,
         f"a number in [-{MAX_REWARD_WEIGHT:g}, {MAX_REWARD_WEIGHT:g}]",
@@ -502,8 +505,8 @@ class SelectConfig:
         _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
         _count("select.n", self.n, 1, MAX_COUNT)
         _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
-        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
-        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        _require(finite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(finite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
         _require(0 <= self.min_pass_rate <= 1, "select.min_pass_rate", self.min_pass_rate, "in [0, 1]")
         _require(
             self.min_pass_rate <= self.max_pass_rate <= 1,
@@ -521,9 +524,7 @@ class SelectConfig:
             self.strategy,
             "custom together with select.sql_file (and sql_file only with strategy custom)",
         )
-        _require(
-            math.isfinite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0"
-        )
+        _require(finite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0")
         formats = ("prompt_completion", "messages", "pairs")
         _require(self.format in formats, "select.format", self.format, "|".join(formats))
 
@@ -580,19 +581,17 @@ class RoundsConfig:
     def __post_init__(self) -> None:
         _require(self.mode in ("online", "offline"), "rounds.mode", self.mode, "online|offline")
         _require(self.sft_from in ("previous", "base"), "rounds.sft_from", self.sft_from, "previous|base")
-        _require(math.isfinite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
+        _require(finite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
         _require(self.patience >= 0, "rounds.patience", self.patience, ">= 0")
         _require(
-            math.isfinite(self.replay_fraction) and self.replay_fraction >= 0,
+            finite(self.replay_fraction) and self.replay_fraction >= 0,
             "rounds.replay_fraction",
             self.replay_fraction,
             ">= 0",
         )
         for key in ("max_kl_per_token", "max_ppl_ratio"):  # a bound <= 0 could never be met
             value = getattr(self, key)
-            _require(
-                value is None or (math.isfinite(value) and value > 0), f"rounds.{key}", value, "a number > 0, or null"
-            )
+            _require(value is None or (finite(value) and value > 0), f"rounds.{key}", value, "a number > 0, or null")
         _require(self.on_drift in ("stop", "rollback"), "rounds.on_drift", self.on_drift, "stop|rollback")
 
 
