@@ -14,7 +14,7 @@ OVERRIDES := $(if $(K),generate.n_samples=$(K)) $(if $(B),prompts.n_prompts=$(B)
 STAGE_ARGS = --config $(EXP) --round $(ROUND) $(if $(FORCE),--force) $(OVERRIDES)
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint format demo generate score select sft round status clean help\
+.PHONY: setup test fuzz lint format demo generate score select sft round status clean help\
 	rounds eval report baseline ablation
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make round ROUND=n        generate, score, select and sft for round n (EXP=, K=, B=, ARGS=, FORCE=1)"
 	@echo "make generate|score|select|sft|status ROUND=n   one stage of round n"
 	@echo "make lint                 ruff check + ruff format --check"
+	@echo "make fuzz                 property-based fuzzing of every command's contract for FUZZ_MINUTES (10)"
 	@echo "make rounds N=3           rounds 0..N-1: generate, score, select, sft, eval (resumes; EXP=, K=, B=, ARGS=)"
 	@echo "make eval ROUND=n         evaluate round n's model on held-out prompts (round 0: the base model too)"
 	@echo "make report               HTML report with plots of every evaluated round (runs/<experiment>/report/)"
@@ -43,6 +44,22 @@ setup: $(VENV)/.installed assets/.ready
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Property-based fuzzing (tests/test_fuzz.py) with the large `fuzz` profile, run after run until FUZZ_MINUTES have
+# passed; stops at the first failure. The examples tried are summed from Hypothesis's statistics in runs/fuzz.log.
+FUZZ_MINUTES ?= 10
+FUZZ_LOG ?= runs/fuzz.log
+
+fuzz: setup
+	@mkdir -p $(dir $(FUZZ_LOG)); : > $(FUZZ_LOG); start=$$(date +%s); end=$$((start + 60 * $(FUZZ_MINUTES))); n=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+		n=$$((n + 1)); echo "fuzz: run $$n" | tee -a $(FUZZ_LOG); \
+		HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz.py -q -p no:cacheprovider \
+			--hypothesis-show-statistics $(PYTEST_ARGS) >> $(FUZZ_LOG) 2>&1 || { tail -60 $(FUZZ_LOG); exit 1; }; \
+	done; \
+	grep -Eo '[0-9]+ passing, [0-9]+ failing, and [0-9]+ invalid' $(FUZZ_LOG) | \
+		awk -v n=$$n -v t=$$(( $$(date +%s) - start )) '{p += $$1; f += $$3; i += $$6} END \
+		{printf "fuzz: %d runs in %.1f min: %d examples passed, %d failed, %d invalid\n", n, t / 60, p, f, i}'
 
 lint: setup
 	$(VENV)/bin/ruff check .

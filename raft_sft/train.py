@@ -20,7 +20,9 @@ from typing import Any
 
 from raft_data import storage
 from raft_data.config import Config
-from raft_data.errors import ConfigError, DataError, StageError
+from raft_data.config.sections import MAX_COUNT, MAX_SEED, MAX_TOKENS, finite
+from raft_data.errors import ConfigError, DataError, StageError, shown
+from raft_data.models.checks import check_finite_weights, check_model_limits, nonfinite_weights
 from raft_data.models.logprobs import ended_on_eos
 
 
@@ -30,7 +32,7 @@ def check_sft_section(cfg: Config) -> None:
     from trl import SFTConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
-    unknown = sorted(set(cfg.sft) - set(defaults))
+    unknown = sorted(set(cfg.sft) - set(defaults), key=str)
     if unknown:
         raise ConfigError(f"unknown key sft.{unknown[0]}: the sft section takes TRL SFTConfig fields")
     if "output_dir" in cfg.sft:
@@ -61,8 +63,9 @@ def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
         base |= {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
     try:
         return SFTConfig(output_dir=str(output_dir), **(base | cfg.sft))
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"sft section is invalid: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # TRL and transformers check the fields in many ways; all are the user's sft section
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ConfigError(f"sft section is invalid: {first}") from None
 
 
 # SFTConfig fields that must be at least this (it checks none of them itself; a bad one fails deep in training)
@@ -74,25 +77,44 @@ SFT_MINIMUMS = {
     "logging_steps": 0,
     "warmup_steps": 0,
     "weight_decay": 0.0,
+    "seed": 0,
+    "data_seed": 0,
+}
+# ... and at most this: seeds as numpy and torch take them, sizes that can be allocated
+SFT_MAXIMUMS = {
+    "per_device_train_batch_size": MAX_COUNT,
+    "gradient_accumulation_steps": MAX_COUNT,
+    "max_length": MAX_TOKENS,
+    "seed": MAX_SEED,
+    "data_seed": MAX_SEED,
 }
 
 
 def check_sft_value(key: str, value: Any, default: Any) -> None:
     """A ConfigError naming `sft.key=value` when the value is not of the field's kind (number, integer, true or
-    false, as TRL's default is) or below its minimum."""
+    false, as TRL's default is) or outside its bounds."""
+    if isinstance(value, float) and not math.isfinite(value):  # in any field, numbers or not
+        raise ConfigError(f"sft.{key}={value!r} is invalid: expected a finite number")
+    if value is None and default is None:  # an optional field left unset
+        return
+    if key == "data_seed":  # an optional integer
+        default = 0
     if isinstance(default, bool):
         ok, expected = isinstance(value, bool), "true or false"
     elif isinstance(default, int):
         ok, expected = isinstance(value, int) and not isinstance(value, bool), "an integer"
     elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = finite(value)
         expected = "a number"
     else:
         return
-    if ok and key in SFT_MINIMUMS and value < SFT_MINIMUMS[key]:
-        ok, expected = False, f">= {SFT_MINIMUMS[key]}"
+    low, high = SFT_MINIMUMS.get(key), SFT_MAXIMUMS.get(key)
+    if ok and low is not None and value < low:
+        ok, expected = False, f">= {low}"
+    elif ok and high is not None and value > high:
+        ok, expected = False, f"<= {high:,}"
     if not ok:
-        raise ConfigError(f"sft.{key}={value!r} is invalid: expected {expected}")
+        raise ConfigError(f"sft.{key}={shown(value)} is invalid: expected {expected}")
 
 
 def load_selected(files: list[Path]):
@@ -222,6 +244,7 @@ def fit(
 
     from raft_data.models.loading import load_tokenizer_and_model
 
+    check_model_limits(cfg, start_path)  # a LoRA rank beyond the model's width, before anything is allocated
     on_cpu = not torch.cuda.is_available()
     args = sft_args(cfg, tmp / "trainer", on_cpu)
     device = "cpu" if on_cpu else f"cuda:{state.local_process_index}"
@@ -230,6 +253,11 @@ def fit(
         dataset = tokenize_examples(dataset, tokenizer)
     lora = peft_config(cfg)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    if len(trainer.train_dataset) == 0:  # TRL drops examples whose completion was cut away entirely
+        raise StageError(
+            f"SFT has no example left to train on: all {len(dataset)} were cut to prompt tokens only by "
+            f"sft.max_length={args.max_length}; raise it"
+        )
     seen: list[str] = []
     if record:
         log_examples(trainer, example_ids, seen)
@@ -239,6 +267,12 @@ def fit(
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if result.global_step == 0:
         raise StageError(f"SFT on {start_path} ran 0 steps: check sft.num_train_epochs / sft.max_steps")
+    diverged = first_nonfinite_loss(trainer.state.log_history, result)
+    if diverged is not None:
+        if state.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)  # its checkpoints would resume the divergence
+        step, loss = diverged
+        raise StageError(diverged_message(cfg, f"the training loss is {loss} at step {step}"))
     extra: dict[str, Any] = {"sft_args": args.to_dict(), "log_history": trainer.state.log_history}
     if checkpoint is not None:
         extra["resumed_from_checkpoint"] = checkpoint.name
@@ -261,7 +295,32 @@ def fit(
         shutil.rmtree(tmp / "trainer", ignore_errors=True)  # checkpoints and logs of a finished run
         (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest records the arguments
     state.wait_for_everyone()
+    if state.is_main_process:  # the weights as saved, before anything is published
+        where = nonfinite_weights(tmp)
+        if where is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StageError(
+                diverged_message(cfg, f"the trained weights are not finite ({where} are NaN or infinite)")
+            )
     return result, trainer, extra
+
+
+def first_nonfinite_loss(log_history: list[dict[str, Any]], result: Any) -> tuple[Any, Any] | None:
+    """(step, loss) of the first logged training loss that is NaN or infinite, the final training loss last; None
+    when every one is finite."""
+    losses = [(entry.get("step"), entry["loss"]) for entry in log_history if "loss" in entry]
+    losses.append(("end", result.training_loss))
+    for step, loss in losses:
+        if not finite(loss):
+            return step, loss
+    return None
+
+
+def diverged_message(cfg: Config, what: str) -> str:
+    """One line: SFT diverged (`what` says how), with the learning rate, and that nothing was published."""
+    lr = cfg.sft.get("learning_rate")
+    setting = f" (sft.learning_rate={lr:g})" if isinstance(lr, (int, float)) else ""
+    return f"SFT diverged: {what}{setting}; nothing was published: lower sft.learning_rate and rerun"
 
 
 def empty_selection(round_idx: int, selected_manifest: dict[str, Any]) -> str:
@@ -277,10 +336,10 @@ def empty_selection(round_idx: int, selected_manifest: dict[str, Any]) -> str:
 
 def train(cfg: Config, round_idx: int, force: bool = False, record_examples: bool = False) -> dict:
     """Run the SFT stage of one round; returns its manifest."""
+    check_sft_section(cfg)
     rdir = storage.round_dir(cfg, round_idx)
     selected_dir = rdir / storage.STAGE_FOLDERS["select"]
     selected_manifest, selected_ref = storage.read_input(cfg, "select", round_idx)
-    check_sft_section(cfg)
     if selected_manifest.get("format") == "pairs":
         raise StageError(
             f"{selected_dir} holds preference pairs (select.format=pairs): train them with TRL's DPOTrainer; "
@@ -290,6 +349,9 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
         raise StageError(empty_selection(round_idx, selected_manifest))
     start_path, start_ref = storage.policy_for_round(cfg, round_idx, role="train")
     folder = rdir / storage.STAGE_FOLDERS["train"]
+    if not (folder / "manifest.json").exists() or force:  # what training would start from, checked up front
+        check_model_limits(cfg, start_path)
+        check_finite_weights(start_path)
     stage_cfg = {"sft": cfg.sft, "model": cfg.model.__dict__, "seed": cfg.experiment.seed, "round": round_idx}
     if cfg.lora.r > 0:
         stage_cfg["lora"] = dict(cfg.lora.__dict__)

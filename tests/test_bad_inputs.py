@@ -121,7 +121,7 @@ def cases(w: World, f: dict[str, str]) -> list[tuple[str, list[str], str]]:
         ("prompts-bad-json", g(f"prompts.path={f['bad_json']}"), "line 2 is not valid JSON"),
         ("prompts-empty", g(f"prompts.path={f['no_rows']}", "prompts.id_column=null"), "no prompts in column"),
         ("prompts-not-text", g(f"prompts.path={f['not_text']}"), "field 'prompt' is 3, not text"),
-        ("prompts-id-twice", g(f"prompts.path={f['two_texts']}"), "id='a' names two different prompts"),
+        ("prompts-id-twice", g(f"prompts.path={f['two_texts']}"), "id='a' is given twice (rows 0 and 1) with two"),
         # generate
         ("k", g("generate.n_samples=0"), "generate.n_samples=0"),
         ("temperature", g("generate.temperature=-1"), "generate.temperature=-1"),

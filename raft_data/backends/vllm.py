@@ -21,6 +21,7 @@ from pathlib import Path
 from raft_data.backends.base import Completion, SampleFn
 from raft_data.config import GenerateConfig, ModelConfig
 from raft_data.errors import BackendError, ModelLoadError
+from raft_data.models.checks import check_finite_weights
 
 
 def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
@@ -34,6 +35,7 @@ def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -
         ) from None
     if not (Path(model_path) / "config.json").is_file():
         raise ModelLoadError(f"model path {model_path!r} is not a model folder (no config.json)")
+    check_finite_weights(model_path)  # the engine would sample from NaN weights without a word
 
     engine_kwargs = {"dtype": model_cfg.dtype, **platform_defaults(), **cfg.engine_kwargs}
     llm = vllm.LLM(model=model_path, trust_remote_code=model_cfg.trust_remote_code, **engine_kwargs)

@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from raft_data.config import Config, load_config
-from raft_data.errors import UserError
+from raft_data.errors import UserError, one_line
+from raft_data.models.checks import check_model_limits
 from raft_data.storage.files import disk_failure
 
 DEFAULT_CONFIG = "pipelines/imdb_positive.yaml"
@@ -66,7 +67,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
 
 def fail(message: str) -> None:
     """One line on stderr, exit status 2."""
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -91,4 +92,10 @@ def run_stage(
     """Parse `argv`, load the config (defaults < YAML < overrides) and run `call(cfg, args)`, user errors as one
     line and exit status 2."""
     args = parse(parser, argv)
-    return guarded(lambda: call(load_config(args.config, args.overrides), args))
+
+    def run() -> Any:
+        cfg = load_config(args.config, args.overrides)
+        check_model_limits(cfg, cfg.model.name_or_path)  # what the model cannot take, refused before anything loads
+        return call(cfg, args)
+
+    return guarded(run)

@@ -8,6 +8,7 @@ from raft_data.config.loader import (
     derived_seed,
     load_config,
     parse_override,
+    read_text_file,
     read_yaml,
 )
 from raft_data.config.sections import (
@@ -44,6 +45,7 @@ __all__ = [
     "derived_seed",
     "load_config",
     "parse_override",
+    "read_text_file",
     "read_yaml",
     "reward_component_name",
 ]

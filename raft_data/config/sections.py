@@ -13,12 +13,61 @@ from typing import Any
 
 import yaml
 
-from raft_data.errors import ConfigError
+from raft_data.errors import ConfigError, shown
 
 
 def _require(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r} is invalid: expected {expected}")
+        raise ConfigError(f"{key}={shown(value)} is invalid: expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bounds: what can work at all, checked before anything loads (the model's own limits, its context and width, are
+# checked against its config.json by raft_data.models.checks).
+
+MAX_SEED = 2**32 - 1  # numpy's and transformers' set_seed take seeds in [0, 2**32)
+MAX_TOKENS = 1 << 20  # a token budget beyond any model's context
+MAX_COUNT = 1 << 16  # samples per prompt, batch sizes, LoRA rank
+MAX_SHARDS = 99_999  # shard names have five digits (shard-00003-of-00016)
+MAX_NAME_BYTES = 128  # experiment.name: a folder name with room for suffixes (_sweep, _random, .tmp)
+MAX_REWARD_WEIGHT = 1e6  # a reward component's weight, so that a weighted sum of finite rewards stays finite
+REWARD_REF = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*|[A-Za-z_]\w*")
+
+
+def finite(value: Any) -> bool:
+    """A number that is not NaN or infinite; an integer too large for a float is not one either."""
+    try:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _count(key: str, value: int, low: int, high: int) -> None:
+    _require(low <= value <= high, key, value, f"an integer in [{low}, {high:,}]")
+
+
+def _positive_finite(key: str, value: float, high: float) -> None:
+    _require(finite(value) and 0 < value <= high, key, value, f"a number in (0, {high:g}]")
+
+
+def _path(key: str, value: str | None) -> None:
+    """A path the file system can take: no NUL character, no part longer than 255 bytes, at most 4,096 bytes."""
+    if value is None:
+        return
+    parts = value.replace("\\", "/").split("/")
+    ok = "\x00" not in value and len(value.encode("utf-8", "replace")) <= 4096
+    ok = ok and all(len(p.encode("utf-8", "replace")) <= 255 for p in parts)
+    _require(ok, key, value, "a path: no NUL character, no part longer than 255 bytes, at most 4,096 bytes")
+
+
+def _reward_ref(key: str, value: Any) -> None:
+    """A built-in reward's name or `module:function`, both spelled as Python names (never a file path)."""
+    _require(
+        isinstance(value, str) and REWARD_REF.fullmatch(value) is not None,
+        key,
+        value,
+        "a built-in reward name or module:function (a dotted module path of Python names, e.g. my_rewards:score)",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -35,6 +84,14 @@ class ExperimentConfig:
         # one path component, so that an experiment never writes outside output_root
         one_component = bool(self.name) and self.name not in (".", "..") and not any(c in self.name for c in "/\\")
         _require(one_component, "experiment.name", self.name, "a folder name (not '.' or '..', no '/' or '\\')")
+        _require(
+            len(self.name.encode("utf-8", "replace")) <= MAX_NAME_BYTES and self.name.isprintable(),
+            "experiment.name",
+            self.name,
+            f"at most {MAX_NAME_BYTES} bytes of printable characters",
+        )
+        _path("experiment.output_root", self.output_root)
+        _count("experiment.seed", self.seed, 0, MAX_SEED)
 
 
 @dataclass
@@ -45,6 +102,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.name_or_path), "model.name_or_path", self.name_or_path, "a model folder")
+        _path("model.name_or_path", self.name_or_path)
         _require(
             self.dtype in ("float32", "bfloat16", "float16"), "model.dtype", self.dtype, "float32|bfloat16|float16"
         )
@@ -70,6 +128,7 @@ class PromptsConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "prompts.path", self.path, "a prompts file")
+        _path("prompts.path", self.path)
         _require(self.n_prompts >= 1, "prompts.n_prompts", self.n_prompts, ">= 1")
         _require(0.0 <= self.heldout_fraction < 1.0, "prompts.heldout_fraction", self.heldout_fraction, "in [0, 1)")
         _require(
@@ -131,13 +190,11 @@ class GenerateConfig:
     api_backoff_s: float = 1.0  # first wait before a retry; doubles each time (a Retry-After header wins)
 
     def __post_init__(self) -> None:
-        _require(self.n_samples >= 1, "generate.n_samples", self.n_samples, ">= 1")
-        _require(
-            self.temperature >= 0 and math.isfinite(self.temperature), "generate.temperature", self.temperature, ">= 0"
-        )
+        _count("generate.n_samples", self.n_samples, 1, MAX_COUNT)
+        _require(self.temperature >= 0 and finite(self.temperature), "generate.temperature", self.temperature, ">= 0")
         _require(0 < self.top_p <= 1, "generate.top_p", self.top_p, "in (0, 1]")
-        _require(self.top_k >= 0, "generate.top_k", self.top_k, ">= 0")
-        _require(self.max_new_tokens >= 1, "generate.max_new_tokens", self.max_new_tokens, ">= 1")
+        _count("generate.top_k", self.top_k, 0, 2**31 - 1)
+        _count("generate.max_new_tokens", self.max_new_tokens, 1, MAX_TOKENS)
         _require(
             isinstance(self.stop, list) and all(isinstance(s, str) and s for s in self.stop),
             "generate.stop",
@@ -145,18 +202,18 @@ class GenerateConfig:
             'a list of non-empty strings, e.g. [". ", "\\n"]',
         )
         _require(
-            self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+            self.batch_size == "auto" or (isinstance(self.batch_size, int) and 1 <= self.batch_size <= MAX_COUNT),
             "generate.batch_size",
             self.batch_size,
-            "an integer >= 1 or auto",
+            f"an integer in [1, {MAX_COUNT:,}] or auto",
         )
-        _require(self.n_shards >= 1, "generate.n_shards", self.n_shards, ">= 1")
+        _count("generate.n_shards", self.n_shards, 1, MAX_SHARDS)
         _require(self.device in ("auto", "cpu", "cuda"), "generate.device", self.device, "auto|cpu|cuda")
         _require(
-            self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+            self.max_prompt_tokens is None or 1 <= self.max_prompt_tokens <= MAX_TOKENS,
             "generate.max_prompt_tokens",
             self.max_prompt_tokens,
-            ">= 1 or null",
+            f"an integer in [1, {MAX_TOKENS:,}] or null",
         )
         _require(
             self.long_prompts in ("skip", "truncate_left"),
@@ -164,12 +221,19 @@ class GenerateConfig:
             self.long_prompts,
             "skip|truncate_left",
         )
-        _require(self.adaptive_target >= 0, "generate.adaptive_target", self.adaptive_target, ">= 0 (0: off)")
+        _count("generate.adaptive_target", self.adaptive_target, 0, MAX_COUNT)
         _require(
-            self.adaptive_target == 0 or self.adaptive_budget >= self.n_samples,
+            self.adaptive_target == 0 or self.n_samples <= self.adaptive_budget <= MAX_COUNT,
             "generate.adaptive_budget",
             self.adaptive_budget,
-            f">= generate.n_samples ({self.n_samples})",
+            f"in [generate.n_samples ({self.n_samples}), {MAX_COUNT:,}]",
+        )
+        passes = 1 if self.adaptive_target == 0 else self.adaptive_budget // self.n_samples
+        _require(
+            self.n_shards * passes <= MAX_SHARDS,
+            "generate.n_shards",
+            self.n_shards,
+            f"at most {MAX_SHARDS:,} shards in all: n_shards x {passes} passes of adaptive sampling",
         )
         _require(
             self.adaptive_target == 0 or not self.extra_sources,
@@ -186,10 +250,15 @@ class GenerateConfig:
         _require(
             self.api_base.startswith(("http://", "https://")), "generate.api_base", self.api_base, "an http(s) URL"
         )
-        _require(self.api_concurrency >= 1, "generate.api_concurrency", self.api_concurrency, ">= 1")
-        _require(self.api_timeout_s > 0, "generate.api_timeout_s", self.api_timeout_s, "> 0")
-        _require(self.api_max_retries >= 0, "generate.api_max_retries", self.api_max_retries, ">= 0")
-        _require(self.api_backoff_s >= 0, "generate.api_backoff_s", self.api_backoff_s, ">= 0")
+        _count("generate.api_concurrency", self.api_concurrency, 1, 1024)
+        _positive_finite("generate.api_timeout_s", self.api_timeout_s, 86400.0)
+        _count("generate.api_max_retries", self.api_max_retries, 0, 100)
+        _require(
+            finite(self.api_backoff_s) and 0 <= self.api_backoff_s <= 3600,
+            "generate.api_backoff_s",
+            self.api_backoff_s,
+            "a number in [0, 3600]",
+        )
         _require(
             "model" not in self.engine_kwargs,
             "generate.engine_kwargs",
@@ -228,6 +297,7 @@ def _extra_source(index: int, entry: Any) -> dict[str, Any]:
         path,
         "a .jsonl or .parquet file",
     )
+    _path(f"{key}.path", path)
     _require(out["match"] in ("prompt_id", "prompt"), f"{key}.match", out["match"], "prompt_id|prompt")
     _require(
         isinstance(out["completion_column"], str) and bool(out["completion_column"]),
@@ -246,10 +316,10 @@ def _extra_source(index: int, entry: Any) -> dict[str, Any]:
     _require(isinstance(out["strip_prompt"], bool), f"{key}.strip_prompt", out["strip_prompt"], "true or false")
     m = out["max_per_prompt"]
     _require(
-        m is None or (isinstance(m, int) and not isinstance(m, bool) and m >= 1),
+        m is None or (isinstance(m, int) and not isinstance(m, bool) and 1 <= m <= MAX_COUNT),
         f"{key}.max_per_prompt",
         m,
-        ">= 1 or null",
+        f"an integer in [1, {MAX_COUNT:,}] or null",
     )
     return out
 
@@ -294,6 +364,9 @@ class ScoreConfig:
 
     def __post_init__(self) -> None:
         _require(bool(self.reward), "score.reward", self.reward, "a reward name, module:function or a list")
+        if isinstance(self.reward, str):
+            _reward_ref("score.reward", self.reward)
+        _path("score.ref_model", self.ref_model)
         extracts = ("last_number", "boxed", "answer_line", "regex")
         _require(self.extract in extracts, "score.extract", self.extract, "|".join(extracts))
         _require(
@@ -309,12 +382,12 @@ class ScoreConfig:
                 raise ConfigError(f"score.extract_regex={self.extract_regex!r} is invalid: {e}") from None
         matches = ("exact", "numeric", "math_verify")
         _require(self.match in matches, "score.match", self.match, "|".join(matches))
-        _require(self.tolerance >= 0 and math.isfinite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
+        _require(self.tolerance >= 0 and finite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
         _require(
             self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
         )
-        _require(self.beta >= 0 and math.isfinite(self.beta), "score.beta", self.beta, ">= 0")
-        _require(self.batch_size >= 1, "score.batch_size", self.batch_size, ">= 1")
+        _require(self.beta >= 0 and finite(self.beta), "score.beta", self.beta, ">= 0")
+        _count("score.batch_size", self.batch_size, 1, MAX_COUNT)
         _require(self.device in ("auto", "cpu", "cuda"), "score.device", self.device, "auto|cpu|cuda")
         if isinstance(self.reward, list):
             names = [_check_reward_component(i, c) for i, c in enumerate(self.reward)]
@@ -340,12 +413,17 @@ def _check_reward_component(i: int, c: Any) -> str:
             f"unknown key {key}.{unknown[0]}: a reward component takes {', '.join(REWARD_COMPONENT_KEYS)}"
         )
     _require(bool(c.get("ref")) != bool(c.get("model")), key, c, "exactly one of ref or model")
+    if c.get("ref"):
+        _reward_ref(f"{key}.ref", c["ref"])
+    else:
+        _require(isinstance(c["model"], str), f"{key}.model", c["model"], "a model folder")
+        _path(f"{key}.model", c["model"])
     weight = c.get("weight", 1.0)
     _require(
-        isinstance(weight, (int, float)) and not isinstance(weight, bool) and math.isfinite(weight),
+        finite(weight) and abs(weight) <= MAX_REWARD_WEIGHT,
         f"{key}.weight",
         weight,
-        "a finite number",
+        f"a number in [-{MAX_REWARD_WEIGHT:g}, {MAX_REWARD_WEIGHT:g}]",
     )
     _require(
         c.get("output", "probability") in ("probability", "logit"),
@@ -371,7 +449,12 @@ def _check_reward_component(i: int, c: Any) -> str:
     )
     for size in ("batch_size", "max_length"):
         v = c.get(size, 1)
-        _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{key}.{size}", v, "an integer >= 1")
+        _require(
+            isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_TOKENS,
+            f"{key}.{size}",
+            v,
+            f"an integer in [1, {MAX_TOKENS:,}]",
+        )
     name = reward_component_name(c)
     _require(
         name.isidentifier() and name not in RESERVED_SCORE_COLUMNS,
@@ -411,10 +494,10 @@ class SelectConfig:
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
         _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
-        _require(self.n >= 1, "select.n", self.n, ">= 1")
+        _count("select.n", self.n, 1, MAX_COUNT)
         _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
-        _require(math.isfinite(self.tau), "select.tau", self.tau, "a finite number")
-        _require(math.isfinite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
+        _require(finite(self.tau), "select.tau", self.tau, "a finite number")
+        _require(finite(self.min_margin) and self.min_margin >= 0, "select.min_margin", self.min_margin, ">= 0")
         _require(0 <= self.min_pass_rate <= 1, "select.min_pass_rate", self.min_pass_rate, "in [0, 1]")
         _require(
             self.min_pass_rate <= self.max_pass_rate <= 1,
@@ -425,15 +508,14 @@ class SelectConfig:
         for key in ("where", "qualify", "sql_file"):
             value = getattr(self, key)
             _require(value is None or bool(value.strip()), f"select.{key}", value, "non-empty text, or null")
+        _path("select.sql_file", self.sql_file)
         _require(
             (self.strategy == "custom") == (self.sql_file is not None),
             "select.strategy",
             self.strategy,
             "custom together with select.sql_file (and sql_file only with strategy custom)",
         )
-        _require(
-            math.isfinite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0"
-        )
+        _require(finite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0")
         formats = ("prompt_completion", "messages", "pairs")
         _require(self.format in formats, "select.format", self.format, "|".join(formats))
 
@@ -458,17 +540,18 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _require(self.n_prompts >= 1, "eval.n_prompts", self.n_prompts, ">= 1")
-        _require(self.n_shards >= 1, "eval.n_shards", self.n_shards, ">= 1")
-        _require(self.n_samples >= 1, "eval.n_samples", self.n_samples, ">= 1")
+        _count("eval.n_shards", self.n_shards, 1, MAX_SHARDS)
+        _count("eval.n_samples", self.n_samples, 1, MAX_COUNT)
         _require(
-            self.max_new_tokens is None or self.max_new_tokens >= 1,
+            self.max_new_tokens is None or 1 <= self.max_new_tokens <= MAX_TOKENS,
             "eval.max_new_tokens",
             self.max_new_tokens,
-            ">= 1 or null",
+            f"an integer in [1, {MAX_TOKENS:,}] or null",
         )
         _require(self.reference_column != "", "eval.reference_column", self.reference_column, "a column or null")
-        _require(self.second_reward != "", "eval.second_reward", self.second_reward, "a reward name or null")
-        _require(self.batch_size >= 1, "eval.batch_size", self.batch_size, ">= 1")
+        if self.second_reward is not None:
+            _reward_ref("eval.second_reward", self.second_reward)
+        _count("eval.batch_size", self.batch_size, 1, MAX_COUNT)
 
 
 @dataclass
@@ -491,17 +574,17 @@ class RoundsConfig:
     def __post_init__(self) -> None:
         _require(self.mode in ("online", "offline"), "rounds.mode", self.mode, "online|offline")
         _require(self.sft_from in ("previous", "base"), "rounds.sft_from", self.sft_from, "previous|base")
-        _require(math.isfinite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
+        _require(finite(self.epsilon), "rounds.epsilon", self.epsilon, "a finite number")
         _require(self.patience >= 0, "rounds.patience", self.patience, ">= 0")
         _require(
-            math.isfinite(self.replay_fraction) and self.replay_fraction >= 0,
+            finite(self.replay_fraction) and self.replay_fraction >= 0,
             "rounds.replay_fraction",
             self.replay_fraction,
             ">= 0",
         )
-        for key in ("max_kl_per_token", "max_ppl_ratio"):
+        for key in ("max_kl_per_token", "max_ppl_ratio"):  # a bound <= 0 could never be met
             value = getattr(self, key)
-            _require(value is None or math.isfinite(value), f"rounds.{key}", value, "a finite number, or null")
+            _require(value is None or (finite(value) and value > 0), f"rounds.{key}", value, "a number > 0, or null")
         _require(self.on_drift in ("stop", "rollback"), "rounds.on_drift", self.on_drift, "stop|rollback")
 
 
@@ -515,8 +598,8 @@ class LoraConfig:
     merge: bool = True  # save the merged model (a plain folder the next round samples from); false: the adapter
 
     def __post_init__(self) -> None:
-        _require(self.r >= 0, "lora.r", self.r, ">= 0 (0 turns LoRA off)")
-        _require(self.alpha >= 1, "lora.alpha", self.alpha, ">= 1")
+        _count("lora.r", self.r, 0, MAX_COUNT)  # and at most the model's width (models.checks)
+        _count("lora.alpha", self.alpha, 1, MAX_COUNT)
         _require(0 <= self.dropout < 1, "lora.dropout", self.dropout, "in [0, 1)")
         _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
 
@@ -577,6 +660,15 @@ class Config:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def __post_init__(self) -> None:
+        # settings of two sections that only work together
+        _require(
+            self.generate.adaptive_target == 0 or self.prompts.answer_column is not None,
+            "generate.adaptive_target",
+            self.generate.adaptive_target,
+            "0 unless prompts.answer_column names the gold answers (adaptive sampling counts correct samples)",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

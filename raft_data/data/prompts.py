@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from raft_data.config import Config, PromptsConfig
 from raft_data.data.readers import read_columns
-from raft_data.errors import DataError
+from raft_data.errors import DataError, shown
 from raft_data.storage import schemas
 
 
@@ -36,7 +36,8 @@ def _is_messages(value: object) -> bool:
 
 def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     """All prompts of the source as (prompt_id, prompt, answer, level), in source order, deduplicated by prompt_id.
-    `answer` and `level` are null unless prompts.answer_column / level_column name them."""
+    `answer` and `level` are null unless prompts.answer_column / level_column name them. A prompt id given twice must
+    come with the same prompt, answer and level both times."""
     path = Path(cfg.path)
     extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column) if c]
     columns = list(dict.fromkeys([cfg.prompt_column, *extra]))
@@ -46,26 +47,33 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     prompts: list[str] = []
     answers: list[str | None] = []
     levels: list[str | None] = []
-    seen: dict[str, str] = {}
+    first: dict[str, tuple[int, str, str | None, str | None]] = {}  # prompt_id -> (row, prompt, answer, level)
     for i, text in enumerate(data[cfg.prompt_column]):
         if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
             text = json.dumps([{"role": m["role"], "content": m["content"]} for m in text], ensure_ascii=False)
         if not isinstance(text, str):
-            raise DataError(f"{path}: row {i} field {cfg.prompt_column!r} is {text!r}, not text")
+            raise DataError(f"{path}: row {i} field {cfg.prompt_column!r} is {shown(text)}, not text")
         if not text.strip():
             continue  # an empty prompt carries no task
-        pid = str(data[cfg.id_column][i]) if cfg.id_column else hash_id(text)
-        if pid in seen:
-            if seen[pid] != text:
-                raise DataError(f"{path}: {cfg.id_column}={pid!r} names two different prompts (row {i})")
-            continue
+        pid = _prompt_id(data, cfg.id_column, i, path) if cfg.id_column else hash_id(text)
+        answer = _text_cell(data, cfg.answer_column, i, path, required=True)
         level = _text_cell(data, cfg.level_column, i, path, required=False)
+        if pid in first:
+            row, *before = first[pid]
+            for what, old, new in zip(("prompt", "answer", "level"), before, (text, answer, level), strict=True):
+                if old != new:
+                    name = f"{cfg.id_column}={pid!r}" if cfg.id_column else f"the prompt {text[:40]!r}"
+                    raise DataError(
+                        f"{path}: {name} is given twice (rows {row} and {i}) with two different {what}s: "
+                        f"{shown(old, 60)} and {shown(new, 60)}"
+                    )
+            continue
+        first[pid] = (i, text, answer, level)
         if cfg.levels and level not in cfg.levels:
             continue
-        seen[pid] = text
         ids.append(pid)
         prompts.append(text)
-        answers.append(_text_cell(data, cfg.answer_column, i, path, required=True))
+        answers.append(answer)
         levels.append(level)
     if not ids:
         only = f" of levels {cfg.levels}" if cfg.levels else ""
@@ -73,15 +81,29 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     return pa.table({"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels}, schema=schemas.PROMPTS)
 
 
+def _prompt_id(data: dict[str, list], column: str, i: int, path: Path) -> str:
+    """Row i's id: text or an integer, not empty."""
+    value = data[column][i]
+    ok = (isinstance(value, str) and bool(value.strip())) or (isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: a prompt id is text or an integer")
+    return str(value)
+
+
 def _text_cell(data: dict[str, list], column: str | None, i: int, path: Path, required: bool) -> str | None:
-    """Row i of an answer or level column as text (numbers are written as they read: 12, 0.5)."""
+    """Row i of an answer or level column as text: text, or a number written as it reads (12, 0.5); empty is
+    missing. true/false, lists and objects are not answers."""
     if column is None:
         return None
     value = data[column][i]
-    if value is None or isinstance(value, (dict, list)) or (isinstance(value, str) and not value.strip()):
+    if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise DataError(f"{path}: row {i} field {column!r} is {value!r}: every prompt needs an answer")
+            raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: every prompt needs an answer")
         return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: expected text or a number")
+    if isinstance(value, int) and value.bit_length() > 1000:
+        raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: a number of at most 300 digits")
     return str(value).strip()
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from raft_data.config import ModelConfig
 from raft_data.errors import ModelLoadError
+from raft_data.models.checks import check_finite_weights
 
 
 def resolve_device(name: str) -> str:
@@ -49,11 +50,13 @@ def load_tokenizer(path: str, model_cfg: ModelConfig):
 
 
 def load_tokenizer_and_model(path: str, model_cfg: ModelConfig, device: str):
-    """Load a local save_pretrained folder; remote code runs only when model.trust_remote_code is true."""
+    """Load a local save_pretrained folder whose weights are finite; remote code runs only when
+    model.trust_remote_code is true."""
     import torch
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(path, model_cfg)
+    check_finite_weights(path)  # a model trained into NaN is never sampled from or trained on
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, model_cfg.dtype), trust_remote_code=model_cfg.trust_remote_code

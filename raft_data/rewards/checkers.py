@@ -17,6 +17,7 @@ Matching (`score.match`):
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections import Counter
@@ -27,6 +28,7 @@ from raft_data.config import ScoreConfig
 from raft_data.errors import ConfigError
 
 CHECKERS = ("correct", "format")
+log = logging.getLogger(__name__)
 
 NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)?")
 TRAILING = " \t\n.,;:!?'\"`"  # punctuation that ends a sentence, not an expression
@@ -68,7 +70,8 @@ def regex_extractor(pattern: str) -> Callable[[str], str | None]:
         if not matches:
             return None
         m = matches[-1]
-        return (m.group(1) if compiled.groups else m.group(0)).strip()
+        found = m.group(1) if compiled.groups else m.group(0)
+        return None if found is None else found.strip()  # a group that took no part in the match: no answer
 
     return extract
 
@@ -90,27 +93,40 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def as_number(text: str) -> Fraction | float | None:
-    """A number written as an integer, decimal, fraction a/b or \\frac{a}{b}; None for anything else."""
+# What as_number reads: an integer or decimal with an optional exponent of at most three digits (10**999 is cheap
+# to build, 10**999999999 is not), of at most MAX_NUMBER_CHARS characters; anything else is text.
+DECIMAL = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d{1,3})?")
+MAX_NUMBER_CHARS = 1000
+
+
+def _decimal(text: str) -> Fraction | None:
+    if len(text) > MAX_NUMBER_CHARS or not DECIMAL.fullmatch(text):
+        return None
+    return Fraction(text)
+
+
+def as_number(text: str) -> Fraction | None:
+    """A number written as an integer, decimal, fraction a/b or \\frac{a}{b}, exactly; None for anything else
+    (text, a division by zero, a number longer than MAX_NUMBER_CHARS characters)."""
     t = normalise(text)
     frac = re.fullmatch(r"\\d?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", t)
     if frac:
         t = f"{frac.group(1)}/{frac.group(2)}"
     t = t.replace(" ", "")
-    try:
-        if "/" in t:
-            num, den = t.split("/", 1)
-            return Fraction(num) / Fraction(den)
-        return Fraction(t)
-    except (ValueError, ZeroDivisionError):
+    num, slash, den = t.partition("/")
+    a, b = _decimal(num), _decimal(den) if slash else Fraction(1)
+    if a is None or b is None or b == 0:
         return None
+    return a / b
 
 
 def numeric_match(extracted: str, gold: str, tolerance: float) -> bool:
+    """Equal within `tolerance` relative to max(1, |gold|), compared exactly (no float overflow for a 400-digit
+    number); as `exact` when either side is not a number."""
     a, b = as_number(extracted), as_number(gold)
     if a is None or b is None:
         return normalise(extracted) == normalise(gold)
-    return abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))
+    return abs(a - b) <= Fraction(tolerance) * max(Fraction(1), abs(b))
 
 
 def matcher(cfg: ScoreConfig) -> Callable[[str, str], bool]:
@@ -144,20 +160,58 @@ def matcher(cfg: ScoreConfig) -> Callable[[str, str], bool]:
 
 
 def checker_reward(name: str, cfg: ScoreConfig) -> Callable[..., list[float]]:
-    """`correct` or `format` as a reward `(prompts, completions, answers) -> list[float]`."""
+    """`correct` or `format` as a reward `(prompts, completions, answers) -> list[float]`. A completion whose answer
+    cannot be found or compared is incorrect (0.0), never an error; the returned function's `counts` says how many
+    of the completions it has seen had no answer (`no_answer`) or one that could not be compared
+    (`not_comparable`), and each batch with any logs a warning."""
     extract, same = extractor(cfg), matcher(cfg)
+    counts = {"completions": 0, "no_answer": 0, "not_comparable": 0}
+
+    def found_in(completion: str) -> str | None:
+        try:
+            return extract(completion)
+        except Exception:  # an extraction that cannot read the text finds no answer
+            return None
+
+    def compared(found: str, gold: str) -> bool | None:
+        try:
+            return bool(same(found, gold))
+        except Exception:
+            return None
+
+    def tally(batch: dict[str, int]) -> None:
+        for key, n in batch.items():
+            counts[key] += n
+        if batch["not_comparable"]:
+            log.warning(
+                "%s: %d of %d completions hold an answer that could not be compared with the gold one (scored 0)",
+                name,
+                batch["not_comparable"],
+                batch["completions"],
+            )
 
     def correct(prompts: list[str], completions: list[str], answers: list[str | None]) -> list[float]:
         out = []
+        batch = {"completions": len(completions), "no_answer": 0, "not_comparable": 0}
         for completion, gold in zip(completions, answers, strict=True):
-            found = extract(completion)
-            out.append(float(found is not None and gold is not None and same(found, gold)))
+            found = found_in(completion)
+            ok = None if found is None or gold is None else compared(found, gold)
+            if found is None:
+                batch["no_answer"] += 1
+            elif ok is None and gold is not None:
+                batch["not_comparable"] += 1
+            out.append(float(bool(ok)))
+        tally(batch)
         return out
 
     def format_(prompts: list[str], completions: list[str], answers: list[str | None]) -> list[float]:
-        return [float(extract(c) is not None) for c in completions]
+        found = [found_in(c) for c in completions]
+        tally({"completions": len(completions), "no_answer": found.count(None), "not_comparable": 0})
+        return [float(f is not None) for f in found]
 
-    return {"correct": correct, "format": format_}[name]
+    fn = {"correct": correct, "format": format_}[name]
+    fn.counts = counts  # type: ignore[attr-defined]
+    return fn
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -8,15 +8,24 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from raft_data.config import ScoreConfig, reward_component_name
-from raft_data.errors import ConfigError, DataError
+from raft_data.errors import ConfigError, DataError, shown
 from raft_data.rewards.builtin import BUILTIN, RewardFn
 from raft_data.rewards.checkers import CHECKERS, checker_reward
 from raft_data.rewards.hf import hf_reward
+
+# A module:function reference: a dotted module path of Python names, then a function name (never a file path).
+REWARD_REF = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
+# A reward outside this bound is a bug in the reward: the weighted sum of such values could overflow.
+MAX_REWARD = 1e12
+# Whatever a reward's own code raises is contained as its failure, SystemExit and KeyboardInterrupt included: it
+# must not end the stage silently (SystemExit(0) would exit with status 0 and no manifest).
+CONTAINED = (BaseException,)
 
 
 def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardFn]:
@@ -27,17 +36,36 @@ def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardF
         return name, BUILTIN[name]
     if name in CHECKERS:
         return name, checker_reward(name, cfg or ScoreConfig())
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
+    ref = REWARD_REF.fullmatch(name)
+    if ref is None:
         known = ", ".join([*BUILTIN, *CHECKERS])
-        raise ConfigError(f"score.reward={name!r} is unknown: use one of {known} or an importable module:function")
+        raise ConfigError(
+            f"score.reward={shown(name)} is unknown: use one of {known} or an importable module:function "
+            "(a dotted module path of Python names, not a file path)"
+        )
+    module_name, attr = ref.groups()
     try:
         fn = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"score.reward={name!r} cannot be imported: {e}") from None
+        raise ConfigError(f"score.reward={name!r} cannot be imported: {_first_line(e)}") from None
+    except CONTAINED as e:  # the module's own code failed while it was imported
+        raise ConfigError(f"score.reward={name!r} cannot be imported: its module raised {_described(e)}") from e
     if not callable(fn):
         raise ConfigError(f"score.reward={name!r} is not callable")
     return attr, fn
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters; never an error itself."""
+    try:
+        text = str(e)
+    except Exception:
+        text = ""
+    return (text.strip().splitlines() or [""])[0][:200]
+
+
+def _described(e: BaseException) -> str:
+    return f"{type(e).__name__}({_first_line(e)!r})"
 
 
 @dataclass
@@ -95,36 +123,48 @@ def reward_values(
     row: Callable[[int], str],
     answers: list[str | None] | None = None,
 ) -> list[float]:
-    """Call a reward and check what it returns: one finite number per completion. A reward that raises, or returns
-    anything else, is a DataError naming the reward, the first bad row (`row(i)` describes row i) and the value;
-    the reward's own exception is kept as the cause (shown with `--debug`)."""
+    """Call a reward and check what it returns: one finite number per completion, within +-MAX_REWARD. A reward
+    that raises (SystemExit and KeyboardInterrupt included), or returns anything else, is a DataError naming the
+    reward, the first bad row (`row(i)` describes row i) and the value; the reward's own exception is kept as the
+    cause (shown with `--debug`)."""
     if takes_answers(fn) and (answers is None or all(a is None for a in answers)):
         raise ConfigError(f"reward {name!r} checks answers: set prompts.answer_column to the gold answers' column")
     try:
         values = fn(prompts, completions, answers) if takes_answers(fn) else fn(prompts, completions)
-    except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise DataError(f"reward {name!r} raised {type(e).__name__}({first!r}) on the batch from {row(0)}") from e
+    except CONTAINED as e:
+        raise DataError(f"reward {name!r} raised {_described(e)} on the batch from {row(0)}") from e
+    expected = f"expected a list of {len(prompts)} numbers, one per completion"
     if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
-        raise DataError(
-            f"reward {name!r} returned {values!r} for the batch from {row(0)}: expected a list of "
-            f"{len(prompts)} numbers, one per completion"
-        )
-    values = list(values)
+        raise DataError(f"reward {name!r} returned {shown(values)} for the batch from {row(0)}: {expected}")
+    try:
+        values = list(values)
+    except CONTAINED as e:
+        raise DataError(f"reward {name!r} returned {shown(values)} for the batch from {row(0)}: {expected}") from e
     if len(values) != len(prompts):
         raise DataError(
             f"reward {name!r} returned {len(values)} values for {len(prompts)} completions (the batch from {row(0)})"
         )
     out = []
     for i, value in enumerate(values):
-        try:
-            number = None if isinstance(value, (bool, str, bytes)) else float(value)
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not math.isfinite(number):
-            raise DataError(f"reward {name!r} returned {value!r} for {row(i)}: expected a finite number")
+        number = _as_number(value)
+        if number is None or not abs(number) <= MAX_REWARD:
+            raise DataError(
+                f"reward {name!r} returned {shown(value)} for {row(i)}: expected a finite number within "
+                f"+-{MAX_REWARD:g}"
+            )
         out.append(number)
     return out
+
+
+def _as_number(value: Any) -> float | None:
+    """A reward's value as a float: a Python or numpy number or a one-element tensor; None for anything else
+    (text, true/false, an integer too large for a float, an object whose conversion fails)."""
+    if isinstance(value, (bool, str, bytes)) or type(value).__name__ in ("bool", "bool_"):  # numpy booleans too
+        return None
+    try:
+        return float(value)
+    except CONTAINED:
+        return None
 
 
 def combine(components: list[RewardComponent], values: dict[str, list[float]]) -> list[float]:

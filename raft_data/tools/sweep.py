@@ -40,14 +40,15 @@ from typing import Any
 import yaml
 
 from raft_data import storage
-from raft_data.config import Config, config_hash, load_config, parse_override, read_yaml
-from raft_data.errors import ConfigError, StageError
+from raft_data.config import Config, config_hash, load_config, parse_override, read_text_file, read_yaml
+from raft_data.errors import ConfigError, StageError, shown
 from raft_data.stages.evaluate import baseline_model_id, eval_stage_config
 
 # `run(cfg, n_rounds)`: the rounds loop with its SFT stage, handed in by the command line
 RunFn = Callable[[Config, int], Any]
 
-VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# a variant's experiment is <name>_<variant>: a folder name, within experiment.name's limit of 128 bytes
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # (title, metrics key) of the two drift measures the frontier plots reward against
 DRIFTS = [("KL per token (nats)", "kl_per_token"), ("perplexity / base model's", "ppl_ratio")]
 
@@ -67,17 +68,19 @@ class SweepGrid:
     def __post_init__(self) -> None:
         where = self.source
         if isinstance(self.n_rounds, bool) or not isinstance(self.n_rounds, int) or self.n_rounds < 1:
-            raise ConfigError(f"{where}: n_rounds={self.n_rounds!r} is invalid: expected an integer >= 1")
+            raise ConfigError(f"{where}: n_rounds={shown(self.n_rounds)} is invalid: expected an integer >= 1")
         if not isinstance(self.variants, dict) or not self.variants:
-            raise ConfigError(f"{where}: variants={self.variants!r} is invalid: expected a mapping name -> overrides")
+            raise ConfigError(
+                f"{where}: variants={shown(self.variants)} is invalid: expected a mapping name -> overrides"
+            )
         for name, overrides in self.variants.items():
             if not isinstance(name, str) or not VARIANT_NAME.fullmatch(name):
                 raise ConfigError(
-                    f"{where}: variant name {name!r} is invalid: expected letters, digits, '_', '.', '-'"
+                    f"{where}: variant name {shown(name)} is invalid: expected 1 to 64 letters, digits, '_', '.', '-'"
                 )
             if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
                 raise ConfigError(
-                    f"{where}: variants.{name}={overrides!r} is invalid: expected a list of section.key=value"
+                    f"{where}: variants.{name}={shown(overrides)} is invalid: expected a list of section.key=value"
                 )
             for text in overrides:
                 (section, key), _ = parse_override(text)
@@ -89,12 +92,13 @@ class SweepGrid:
 
 def load_grid(path: Path) -> SweepGrid:
     """Read and check a grid file (keys `n_rounds` and `variants`)."""
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist")
+    text = read_text_file(path, "grid file")
     try:
-        data = read_yaml(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        data = read_yaml(text)
+    except yaml.YAMLError as e:
         raise ConfigError(f"grid file {path} is not valid YAML text: {str(e).splitlines()[0]}") from None
+    except ConfigError as e:
+        raise ConfigError(f"grid file {path}: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"grid file {path} must hold a mapping with n_rounds and variants")
     unknown = sorted(set(data) - {"n_rounds", "variants"})
@@ -114,9 +118,10 @@ def variant_configs(config_path: str, overrides: list[str], grid: SweepGrid) -> 
     for name, extra in grid.variants.items():
         try:
             cfg = load_config(config_path, [*overrides, *extra])
+            named = dataclasses.replace(cfg.experiment, name=f"{base}_{name}")
         except ConfigError as e:
             raise ConfigError(f"{grid.source}: variant {name}: {e}") from None
-        out[name] = dataclasses.replace(cfg, experiment=dataclasses.replace(cfg.experiment, name=f"{base}_{name}"))
+        out[name] = dataclasses.replace(cfg, experiment=named)
     return out
 
 
