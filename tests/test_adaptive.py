@@ -108,7 +108,9 @@ def test_adaptive_round_matches_the_rule_and_counts(tmp_path: Path, tiny_model_d
     from raft_data.stages.select import select
     from raft_data.tools.status import round_status
 
-    score(cfg, 0)
+    scored = score(cfg, 0)
+    no_answer = sum(r["extracted"] is None for r in read(storage.round_dir(cfg, 0) / "scores").to_pylist())
+    assert scored["counts"].get("no_answer", 0) == no_answer  # what the checker could not read, counted
     chosen = select(cfg, 0)
     n_selected, n_samples = chosen["counts"]["selected"], chosen["counts"]["samples"]
     assert chosen["acceptance_by_level"] == {"sum_1d": round(n_selected / n_samples, 4)}

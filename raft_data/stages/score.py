@@ -107,7 +107,10 @@ def score(
         def build(i: int) -> pa.Table:
             src = sample_files[i]
             samples = pq.read_table(src, columns=[c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names])
-            return score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
+            before = checker_counts(components)
+            table = score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
+            # what a checker could not read or compare (scored 0), for the manifest's counts
+            return table, {k: v - before.get(k, 0) for k, v in checker_counts(components).items()}
 
         wanted = range(total) if shard is None else [shard]
         max_failed = cfg.executor.max_failed_fraction
@@ -148,9 +151,22 @@ def score(
             if kl:
                 extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
             counts = {"scores": n_rows, "shards": total, **storage.failed_count(extra["cost"])}
+            for key in ("no_answer", "not_comparable"):  # answers a checker could not find or compare: scored 0
+                if f"checker_{key}" in extra["cost"]:
+                    counts[key] = int(extra["cost"][f"checker_{key}"])
             return storage.finish_stage(run, "score", round_idx, counts=counts, extra=extra)
 
         return storage.finish_when_complete(run, "score", rdir, total, finish)
+
+
+def checker_counts(components: list) -> dict[str, int]:
+    """Completions the answer checkers of `components` found no answer in, or could not compare, so far."""
+    out: dict[str, int] = {}
+    for c in components:
+        for key in ("no_answer", "not_comparable"):
+            if key in getattr(c.fn, "counts", {}):
+                out[f"checker_{key}"] = out.get(f"checker_{key}", 0) + c.fn.counts[key]
+    return out
 
 
 def row_safe_values(name: str, fn, prompts: list, completions: list, row, answers, errors: list) -> list:
