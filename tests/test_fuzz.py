@@ -40,6 +40,7 @@ from raft_data.stages.generate import generate
 
 from . import hostile_rewards
 from .conftest import make_config
+from .test_bad_inputs import tree as finished
 
 settings.register_profile(
     "default",
@@ -89,15 +90,6 @@ def assert_contract(code: Any, err: str) -> None:
     assert code in (0, None, 2), (code, err)
     if code == 2:
         assert err.count("\n") == 0 and err.startswith("error: "), err
-
-
-def finished(root: Path) -> dict[str, bytes]:
-    out = {}
-    for manifest in sorted(root.rglob("manifest.json")):
-        for path in sorted(manifest.parent.rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(root))] = path.read_bytes()
-    return out
 
 
 @pytest.fixture(scope="module")

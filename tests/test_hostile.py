@@ -36,6 +36,7 @@ from raft_data.stages.score import score
 from raft_data.stages.select import select
 
 from .conftest import ROOT, make_config
+from .test_bad_inputs import tree as finished
 
 SMALL = {
     "prompts": {"n_prompts": 6},
@@ -50,16 +51,6 @@ PROGRESS = re.compile(r"\d+%\||examples/s\]|it/s\]")  # progress bars, drawn on 
 def is_progress(line: str) -> bool:
     """A progress bar drawn on stderr (the error line itself may echo a value that looks like one)."""
     return not line.startswith("error: ") and PROGRESS.search(line) is not None
-
-
-def finished(root: Path) -> dict[str, bytes]:
-    """Every file of every finished stage folder (one with a manifest.json) under root, path -> bytes."""
-    out = {}
-    for manifest in sorted(root.rglob("manifest.json")):
-        for path in sorted(manifest.parent.rglob("*")):
-            if path.is_file():
-                out[str(path.relative_to(root))] = path.read_bytes()
-    return out
 
 
 def one_line(argv: list[str], capsys, runs: Path | None = None, sft: bool = False) -> str:
