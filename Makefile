@@ -146,6 +146,13 @@ sql: setup
 bench-select: setup
 	$(PY) -m bench.select
 
+# Cost curves: time and peak memory of every stage against the round's size (docs/scaling.md); SIZES="10000 100000"
+# for a quick look. Rounds are written under /tmp/raft-bench-scale and deleted once measured.
+SIZES ?= 10000 100000 1000000 10000000
+.PHONY: bench-scale
+bench-scale: setup
+	$(PY) -m bench.scale --sizes $(SIZES)
+
 # --- at scale: one shard of generate, score or eval per process (SHARD=i [NUM_SHARDS=n]), and the K-sampling bench
 SHARD_ARGS = $(if $(SHARD),--shard $(SHARD)) $(if $(NUM_SHARDS),--num-shards $(NUM_SHARDS))
 

@@ -81,15 +81,16 @@ def collect(cfg: Config) -> list[dict[str, Any]]:
     return rows
 
 
-def round_samples(rdir: Path) -> pa.Table:
-    """A round's samples joined with their rewards and whether selection kept them."""
+def round_samples(rdir: Path, n_prompts: int) -> pa.Table:
+    """The samples of a round's first `n_prompts` prompts (by prompt_id), with their rewards and whether selection
+    kept them. Only those rows leave DuckDB, so the cost does not grow with the round beyond one scan."""
     import duckdb
 
     con = duckdb.connect()
     for view, stage in (("raw_samples", "generate"), ("raw_scores", "score"), ("raw_selected", "select")):
         con.read_parquet([str(p) for p in storage.shard_files(rdir / storage.STAGE_FOLDERS[stage])]).create_view(view)
     sql = (METRICS_DIR / "kept_and_rejected.sql").read_text(encoding="utf-8")
-    return con.sql(sql).to_arrow_table()
+    return con.sql(sql, params={"n_prompts": n_prompts}).to_arrow_table()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -220,7 +221,8 @@ def plot_histograms(rows: list[dict[str, Any]]) -> bytes:
         ax.hist(held, bins=edges, alpha=0.6, density=True, label="held-out, sampled")
         if row.get("dir") is not None:
             files = storage.shard_files(row["dir"] / storage.STAGE_FOLDERS["score"])
-            scores = [r for f in files for r in pq.read_table(f, columns=["reward"])["reward"].to_pylist()]
+            rewards = pa.chunked_array([pq.read_table(f, columns=["reward"])["reward"] for f in files], pa.float64())
+            scores = pc.drop_null(rewards).to_numpy()  # rows a reward failed on have none
             ax.hist(scores, bins=edges, histtype="step", density=True, label="round samples")
         ax.set_title(f"round {row['label']}", fontsize=9)
         ax.tick_params(labelsize=7)
@@ -431,7 +433,7 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
     if latest:
         kept = (
             f"<h2>Kept and rejected samples, round {latest[-1]['label']} ({html.escape(cfg.select.strategy)})</h2>"
-            + kept_rejected_html(round_samples(latest[-1]["dir"]), 6)
+            + kept_rejected_html(round_samples(latest[-1]["dir"], 6), 6)
         )
     title = f"RAFT report: {cfg.experiment.name}"
     page = f"""<!DOCTYPE html>

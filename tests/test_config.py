@@ -45,6 +45,7 @@ def test_precedence_defaults_then_file_then_overrides(tmp_path: Path) -> None:
         ("generate.batch_size=0", "generate.batch_size=0"),
         ("prompts.n_prompts=0", "prompts.n_prompts=0"),
         ("model.dtype=int3", "model.dtype='int3'"),
+        ("select.memory_limit=lots", "select.memory_limit='lots'"),
         ("n_samples=3", "expected section.key=value"),
     ],
 )

@@ -465,6 +465,12 @@ def _check_reward_component(i: int, c: Any) -> str:
     return name
 
 
+# How DuckDB runs a selection, not what it selects (SelectConfig.selection_fields leaves them out).
+SELECT_ENGINE_FIELDS = ("memory_limit", "temp_directory")
+# A DuckDB memory size: a number and a unit, or a share of the machine's memory.
+MEMORY_SIZE = r"(?i)\d+(\.\d+)?\s*(b|bytes|kb|mb|gb|tb|kib|mib|gib|tib|%)"
+
+
 @dataclass
 class SelectConfig:
     strategy: str = "best_per_prompt"  # a .sql file in raft_data/selection/sql/, or "custom" with sql_file
@@ -490,6 +496,11 @@ class SelectConfig:
     # output
     format: str = "prompt_completion"  # prompt_completion | messages (conversational) | pairs (DPO preferences)
     pair_margin: float = 0.0  # pairs: chosen minus rejected rank_key must exceed this
+    # execution: the most memory DuckDB may hold (e.g. "4GB"; None: its default, 80% of the machine's) and where it
+    # spills beyond that (None: `.tmp` in the working directory). They cannot change what is selected, so they are
+    # in no config hash and not on the dataset card (`selection_fields`)
+    memory_limit: str | None = None
+    temp_directory: str | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
@@ -518,6 +529,18 @@ class SelectConfig:
         _require(finite(self.pair_margin) and self.pair_margin >= 0, "select.pair_margin", self.pair_margin, ">= 0")
         formats = ("prompt_completion", "messages", "pairs")
         _require(self.format in formats, "select.format", self.format, "|".join(formats))
+        _require(
+            self.memory_limit is None or re.fullmatch(MEMORY_SIZE, self.memory_limit.strip()) is not None,
+            "select.memory_limit",
+            self.memory_limit,
+            'a size such as "4GB", "512MiB" or "50%", or null',
+        )
+        _require(self.temp_directory != "", "select.temp_directory", self.temp_directory, "a folder, or null")
+
+    def selection_fields(self) -> dict[str, Any]:
+        """The fields that decide what is selected: all but the engine's memory settings. The stage's config hash
+        and the dataset card hold these, so a selection redone with another memory limit keeps its hash and card."""
+        return {k: v for k, v in self.__dict__.items() if k not in SELECT_ENGINE_FIELDS}
 
     @property
     def pass_band(self) -> bool:

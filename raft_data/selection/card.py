@@ -50,7 +50,7 @@ Rows dropped before ranking:
 ## Selection config
 
 ```yaml
-{yaml.safe_dump({"select": s.__dict__}, sort_keys=False).strip()}
+{yaml.safe_dump({"select": s.selection_fields()}, sort_keys=False).strip()}
 ```
 
 ## Lineage

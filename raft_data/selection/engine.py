@@ -148,6 +148,17 @@ def pool_manifests(cfg: Config, rounds: list[int]) -> tuple[dict[int, tuple[dict
     return manifests, refs
 
 
+def engine_settings(cfg: Config, threads: int | None = None) -> dict[str, Any]:
+    """DuckDB's settings for a selection: threads, and `select.memory_limit` and `select.temp_directory`, beyond
+    which a query spills its sorts, joins and aggregates to disk instead of holding them in memory."""
+    settings: dict[str, Any] = {"threads": threads} if threads else {}
+    if cfg.select.memory_limit is not None:
+        settings["memory_limit"] = cfg.select.memory_limit.strip()
+    if cfg.select.temp_directory is not None:
+        settings["temp_directory"] = cfg.select.temp_directory
+    return settings
+
+
 def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views raw_samples and raw_scores over the shards of `rounds`."""
     sample_files, score_files = [], []
@@ -155,7 +166,7 @@ def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckd
         rdir = storage.round_dir(cfg, r)
         sample_files += storage.shard_files(rdir / storage.STAGE_FOLDERS["generate"])
         score_files += storage.shard_files(rdir / storage.STAGE_FOLDERS["score"])
-    con = duckdb.connect(config={"threads": threads} if threads else {})
+    con = duckdb.connect(config=engine_settings(cfg, threads))
     con.read_parquet([str(p) for p in sample_files], union_by_name=True).create_view("sample_files")
     # scores shards carry no round column: pool.sql reads it from the file name
     con.read_parquet([str(p) for p in score_files], filename=True, union_by_name=True).create_view("score_files")

@@ -51,7 +51,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
     folder = rdir / storage.STAGE_FOLDERS["select"]
     inputs = {label: ref["identity"] for label, ref in refs.items()}
     stage_cfg = {
-        "select": cfg.select.__dict__,
+        "select": cfg.select.selection_fields(),  # not the engine's memory settings: they change no row
         "alpha": select_params(cfg, round_idx)["alpha"],
         "sql": sql,
         "views": {

@@ -63,5 +63,7 @@ def inspect(cfg: Config, round_idx: int, n_examples: int = 3) -> str:
     lines += ["", *quantile_lines(run_query(con, view_sql("quantiles"), params, "quantiles.sql"))]
     if n_examples > 0:
         lines += ["", f"first {n_examples} prompts, kept sample first:"]
+        shown = run_query(con, view_sql("example_prompts"), params, "example_prompts.sql")["prompt_id"].to_pylist()
+        params["prompt_ids"] = shown
         lines += example_lines(run_query(con, view_sql("examples"), params, "examples.sql"))
     return "\n".join(lines)

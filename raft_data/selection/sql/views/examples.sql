@@ -1,14 +1,11 @@
--- For `raft-data inspect`: the first $n_prompts prompts of the round (by prompt_id), each with every sample in
--- the pool: whether selected/ kept it, and which guard dropped it if one did.
+-- For `raft-data inspect`: the prompts $prompt_ids (the round's first few, from example_prompts.sql), each with every
+-- sample in the pool: whether selected/ kept it, and which guard dropped it if one did.
 
-with round_prompts as (
-    select distinct prompt_id from samples where round = $round order by prompt_id limit $n_prompts
-),
-
-pool_rows as (
+with pool_rows as (
+    -- a filter on a list of constants, not a join: a join with the pool's rows may hold all of them in memory
     select guarded.*
     from guarded
-    semi join round_prompts using (prompt_id)
+    where list_contains($prompt_ids::varchar[], guarded.prompt_id)
 ),
 
 kept as (
