@@ -54,13 +54,16 @@ from raft_data.storage.manifests import (
     tmp_folder,
     verify_files,
 )
+from raft_data.storage.ray_data import SHARD_COLUMN, actor_pool, row_keys, run_dataset
 from raft_data.storage.shards import check_shard_args, finish_when_complete, run_shards, shard_costs, sharded_stage
 
 __all__ = [
     "NEXT_COMMAND",
     "STAGES",
+    "SHARD_COLUMN",
     "STAGE_FOLDERS",
     "StageRun",
+    "actor_pool",
     "baseline_dir",
     "begin_stage",
     "check_shard_args",
@@ -88,7 +91,9 @@ __all__ = [
     "read_verified",
     "remove_tree",
     "round_dir",
+    "row_keys",
     "round_wall_time",
+    "run_dataset",
     "run_elsewhere",
     "run_shards",
     "shard_costs",
