@@ -26,7 +26,7 @@ from raft_data.backends.base import Completion
 from raft_data.backends.transformers import row_seed, transformers_row_generator
 from raft_data.backends.vllm import length_capped, platform_defaults, sample_seed, sampling_kwargs
 from raft_data.config import ExecutorConfig, GenerateConfig, ModelConfig
-from raft_data.errors import BackendError, ConfigError, ModelLoadError
+from raft_data.errors import BackendError, ModelLoadError
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
 from raft_data.storage import SHARD_COLUMN, actor_pool
 
@@ -170,12 +170,8 @@ def vllm_pipeline(
 def generation_pipeline(
     backend: str, model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig, executor: ExecutorConfig, tokenizer
 ) -> Callable:
-    """The Ray Data pipeline of `generate.backend`; `openai` has none (its server already batches)."""
-    if backend not in RAY_DATA_BACKENDS:
-        raise ConfigError(
-            f"generate.backend={backend!r} does not run under executor.kind=ray_data: choose "
-            f"{' or '.join(RAY_DATA_BACKENDS)}, or executor.kind=ray"
-        )
+    """The Ray Data pipeline of `generate.backend` (one of RAY_DATA_BACKENDS: `openai` has none, its server
+    already batches)."""
     if backend == "vllm":
         return vllm_pipeline(model_path, model_cfg, cfg, executor, tokenizer)
     return transformers_pipeline(model_path, model_cfg, cfg, executor)

@@ -72,6 +72,11 @@ def generate(
         raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
     n_shards = cfg.generate.n_shards
     storage.check_shard_args("generate", shard, num_shards, n_shards, force, f"generate.n_shards={n_shards}")
+    if cfg.executor.kind == "ray_data" and cfg.generate.backend not in ray_data.RAY_DATA_BACKENDS:
+        raise ConfigError(
+            f"generate.backend={cfg.generate.backend!r} does not run under ray_data (executor.kind): choose "
+            f"{' or '.join(ray_data.RAY_DATA_BACKENDS)}, or executor.kind=ray"
+        )
     if n_passes(cfg) > 1 and (shard is not None or cfg.executor.kind != "local"):
         raise ConfigError(
             "generate.adaptive_target runs its passes in one process (each pass needs the one before): run it "
