@@ -124,13 +124,22 @@ def test_generate_score_select_on_ray_data_and_resume(
     assert selected["counts"]["selected"] == 8
 
 
-def test_an_error_in_a_replica_is_one_line(tmp_path, tiny_model_dir, tiny_rm_dir, prompts_file, local_ray) -> None:
-    """A reward that fails inside a replica (the `correct` checker without gold answers) stops the stage with its
-    own one-line message, as the local path says it, and leaves no shard behind."""
+def test_function_rewards_run_as_ray_tasks_and_a_replica_error_is_one_line(
+    tmp_path, tiny_model_dir, tiny_rm_dir, prompts_file, local_ray
+) -> None:
+    """Without a reward model, score's shards run as Ray tasks (as under executor.kind=ray). A reward that fails
+    inside a replica (the `correct` checker without gold answers) stops the stage with its own one-line message, as
+    the local path says it, and leaves no shard behind."""
+    generate(make_config(tmp_path, tiny_model_dir, prompts_file), 0)
+    plain = make_config(tmp_path, tiny_model_dir, prompts_file, executor=RAY_DATA)
+    assert score(plain, 0)["counts"]["scores"] == 8 * 3
+    for samples, scores in zip(shard_rows(plain), shard_rows(plain, "scores"), strict=True):
+        texts = [(r["prompt"], r["completion"]) for r in samples]
+        assert [r["vader"] for r in scores] == vader([p for p, _ in texts], [c for _, c in texts])
+
     components = [{"name": "rm", "model": str(tiny_rm_dir)}, {"ref": "correct"}]
     cfg = make_config(tmp_path, tiny_model_dir, prompts_file, executor=RAY_DATA, score={"reward": components})
-    generate(make_config(tmp_path, tiny_model_dir, prompts_file), 0)
     with pytest.raises(ConfigError) as e:
-        score(cfg, 0)
+        score(cfg, 0, force=True)
     assert "\n" not in str(e.value) and "set prompts.answer_column" in str(e.value), str(e.value)
     assert not list((storage.round_dir(cfg, 0) / "scores").glob("shard-*"))

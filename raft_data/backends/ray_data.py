@@ -160,11 +160,18 @@ def vllm_pipeline(
         **options,
     )
     build = getattr(llm, "build_processor", None) or llm.build_llm_processor  # renamed in newer Ray
-    return build(
-        config,
-        preprocess=functools.partial(vllm_request, cfg=cfg),
-        postprocess=functools.partial(vllm_sample, cfg=cfg, eos_ids=end_token_ids(model_path, tokenizer)),
-    )
+    eos_ids = end_token_ids(model_path, tokenizer)
+
+    def transform(dataset):
+        # built once Ray is up: the processor joins the cluster the shard engine started (executor.ray_address)
+        processor = build(
+            config,
+            preprocess=functools.partial(vllm_request, cfg=cfg),
+            postprocess=functools.partial(vllm_sample, cfg=cfg, eos_ids=eos_ids),
+        )
+        return processor(dataset)
+
+    return transform
 
 
 def generation_pipeline(
