@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from raft_data.backends.base import Completion
-from raft_data.backends.transformers import row_seed, transformers_row_generator
+from raft_data.backends.transformers import prompt_batch_size, row_seed, transformers_row_generator
 from raft_data.backends.vllm import length_capped, platform_defaults, sample_seed, sampling_kwargs
 from raft_data.config import ExecutorConfig, GenerateConfig, ModelConfig
 from raft_data.errors import BackendError, ModelLoadError
@@ -55,14 +55,16 @@ class TransformersReplica:
 
     def __init__(self, model_path: str, model: dict[str, Any], generate: dict[str, Any]) -> None:
         self.cfg = GenerateConfig(**generate)
-        tokenizer, loaded = load_tokenizer_and_model(model_path, ModelConfig(**model), resolve_device(self.cfg.device))
-        self.run = transformers_row_generator(tokenizer, loaded, self.cfg)
-        # rows per forward pass: generate.batch_size prompts of K samples each (auto: 16 prompts)
-        size = self.cfg.batch_size if isinstance(self.cfg.batch_size, int) else 16
-        self.rows_per_pass = size * self.cfg.n_samples
+        self.tokenizer, self.model = load_tokenizer_and_model(
+            model_path, ModelConfig(**model), resolve_device(self.cfg.device)
+        )
+        self.run = transformers_row_generator(self.tokenizer, self.model, self.cfg)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = batch["prompt"].to_pylist()
+        # rows per forward pass: what the local path puts in one, generate.batch_size prompts of K samples each
+        k = self.cfg.n_samples
+        rows_per_pass = prompt_batch_size(self.cfg, self.model, self.tokenizer, texts, k) * k
         seeds = [
             row_seed(s, p, k)
             for s, p, k in zip(
@@ -74,8 +76,8 @@ class TransformersReplica:
         ]
         greedy = [self.cfg.temperature == 0] * len(texts)
         out: list[Completion] = []
-        for start in range(0, len(texts), self.rows_per_pass):
-            end = start + self.rows_per_pass
+        for start in range(0, len(texts), rows_per_pass):
+            end = start + rows_per_pass
             out += self.run(texts[start:end], greedy[start:end], seeds[start:end])
         return with_completions(batch, out)
 

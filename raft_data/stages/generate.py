@@ -4,13 +4,16 @@ Run as:
     raft-data generate --config pipelines/imdb_positive.yaml --round 0
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 executor.kind=ray_data     # Ray Data
 
 Writes `round-NNNN/prompts.parquet` and `round-NNNN/samples/shard-XXXXX-of-YYYYY.parquet` (one row per sample).
 Each shard is redone whole if it has no `.done` marker, so a killed run resumes where it stopped and ends with the
 same samples as an uninterrupted run. With `--shard i` a process runs only shard i (a Slurm array task, say); the
 process that finishes the last shard writes the manifest, and a plain rerun without `--shard` also finalises.
 Besides the policy's K samples a shard holds the candidates of `generate.extra_sources` (files of reference
-answers or other models' outputs), each row tagged with its `source`.
+answers or other models' outputs), each row tagged with its `source`. Under `executor.kind: ray_data` the rows of
+all unfinished shards go through Ray Data replicas that hold the model (`on_ray_data`), and come back as the same
+shards (docs/scaling.md).
 """
 
 from __future__ import annotations

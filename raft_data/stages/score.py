@@ -4,6 +4,8 @@ Run as:
     raft-data score --config pipelines/imdb_positive.yaml --round 0
     raft-data score --config pipelines/imdb_positive.yaml --round 0 score.reward=vader_completion
     raft-data score --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data score --config pipelines/imdb_positive.yaml --round 0 executor.kind=ray_data \
+        'score.reward=[{model: assets/reward-minilm}]'          # a reward-model actor pool on Ray Data
 
 Writes `round-NNNN/scores/shard-XXXXX-of-YYYYY.parquet`: `prompt_id`, `sample_idx`, `reward` and one column per
 reward component (`reward` is their weighted sum). With `score.beta > 0` it also writes `logp` (log p_t(y|x) under
