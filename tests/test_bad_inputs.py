@@ -133,6 +133,8 @@ def cases(w: World, f: dict[str, str]) -> list[tuple[str, list[str], str]]:
         ("device", g("generate.device=tpu"), "generate.device='tpu'"),
         ("long-prompts", g("generate.long_prompts=drop"), "generate.long_prompts='drop'"),
         ("executor", g("executor.kind=slurmx"), "executor.kind='slurmx'"),
+        ("ray-data-replicas", g("executor.ray_data_replicas=0"), "executor.ray_data_replicas=0"),
+        ("ray-data-openai", g("executor.kind=ray_data", "generate.backend=openai"), "does not run under ray_data"),
         ("api-base", g("generate.api_base=ftp://x"), "generate.api_base='ftp://x'"),
         ("api-endpoint", g("generate.api_endpoint=embeddings"), "generate.api_endpoint='embeddings'"),
         ("backend", g("generate.backend=nope"), "generate.backend='nope' is unknown"),

@@ -216,18 +216,18 @@ def row_sampler(greedy: list[bool], seeds: list[int], cfg: GenerateConfig, devic
     return LogitsProcessorList([RowSampler()])
 
 
-def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
-    """Eval's sampler: one `generate` call per batch for one greedy and `cfg.n_samples` sampled completions of each
-    prompt (`row_sampler`; all of them greedy at temperature 0), instead of a pass each. Returns
-    `sample(prompts, seed, first) -> [(greedy, sampled)]`, where `first` is the index of the first prompt, so a
-    row's seed does not depend on the batching."""
+def transformers_row_generator(tokenizer, model, cfg: GenerateConfig):
+    """Every row on its own random stream: one greedy `generate` call per list of rows, whose logits processor
+    (`row_sampler`) makes each row's choices. Returns `run(texts, greedy, seeds) -> [Completion]`, one per row, in
+    row order; a row's completion depends on its text, its seed and the model only, not on the rows beside it (up to
+    the float rounding of a batch's padding). The tokenizer is switched to left padding and the model's generation
+    config replaced."""
     import torch
     from transformers import GenerationConfig
 
     device = model.device
     tokenizer.padding_side = "left"
     stops = stop_token_ids(tokenizer, model)
-    k = cfg.n_samples + 1  # row 0 of each prompt is the greedy one
     # greedy `generate`: the logits processor has already made every choice
     gen_cfg = GenerationConfig(
         do_sample=False,
@@ -239,19 +239,33 @@ def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
     model.generation_config = gen_cfg
 
     @torch.inference_mode()
-    def sample(prompts: list[str], seed: int, first: int = 0) -> list[tuple[Completion, list[Completion]]]:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
-        greedy = [j == 0 or cfg.temperature == 0 for _ in prompts for j in range(k)]
-        seeds = [row_seed(seed, first + p, j) for p in range(len(prompts)) for j in range(k)]
-        repeated = {name: t.repeat_interleave(k, 0) for name, t in enc.items()}
+    def run(texts: list[str], greedy: list[bool], seeds: list[int]) -> list[Completion]:
+        enc = tokenizer(texts, return_tensors="pt", padding=True).to(device)
         seqs = model.generate(
-            **repeated,
+            **enc,
             generation_config=gen_cfg,
             logits_processor=row_sampler(greedy, seeds, cfg, str(device)),
             **stop_kwargs(tokenizer, cfg.stop, enc),
         )
         new = seqs[:, enc["input_ids"].shape[1] :].tolist()
-        rows = [_completion(tokenizer, ids, stops, cfg.stop) for ids in new]
+        return [_completion(tokenizer, ids, stops, cfg.stop) for ids in new]
+
+    return run
+
+
+def transformers_eval_sampler(tokenizer, model, cfg: GenerateConfig):
+    """Eval's sampler: one `generate` call per batch for one greedy and `cfg.n_samples` sampled completions of each
+    prompt (`transformers_row_generator`; all of them greedy at temperature 0), instead of a pass each. Returns
+    `sample(prompts, seed, first) -> [(greedy, sampled)]`, where `first` is the index of the first prompt, so a
+    row's seed does not depend on the batching."""
+    run = transformers_row_generator(tokenizer, model, cfg)
+    k = cfg.n_samples + 1  # row 0 of each prompt is the greedy one
+
+    def sample(prompts: list[str], seed: int, first: int = 0) -> list[tuple[Completion, list[Completion]]]:
+        texts = [p for p in prompts for _ in range(k)]
+        greedy = [j == 0 or cfg.temperature == 0 for _ in prompts for j in range(k)]
+        seeds = [row_seed(seed, first + p, j) for p in range(len(prompts)) for j in range(k)]
+        rows = run(texts, greedy, seeds)
         return [(rows[p * k], rows[p * k + 1 : (p + 1) * k]) for p in range(len(prompts))]
 
     return sample

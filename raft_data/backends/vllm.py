@@ -43,7 +43,7 @@ def vllm_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:
         # Each prompt gets its own seed; vLLM seeds the K children of a request as seed, seed + 1, ..., so no seed
         # repeats within the shard, and a shard's samples depend only on its prompts, the config and its seed.
-        params = [sampling_params(vllm, cfg, seed + i * cfg.n_samples) for i in range(len(prompts))]
+        params = [sampling_params(vllm, cfg, sample_seed(seed, i, 0, cfg.n_samples)) for i in range(len(prompts))]
         outputs = llm.generate(prompts, params, use_tqdm=False)
         return [
             [
@@ -68,17 +68,39 @@ def platform_defaults() -> dict:
     return {"enable_chunked_prefill": False} if current_platform.is_cpu() else {}
 
 
-def sampling_params(vllm, cfg: GenerateConfig, seed: int):
-    """Exactly the configured sampling settings; vLLM's top_k=0 means no top-k limit, as ours does. Stop strings
-    are kept in the text, as the transformers backend keeps them (a sample that ends on one is not truncated)."""
+def sampling_kwargs(cfg: GenerateConfig, seed: int, n: int) -> dict:
+    """Exactly the configured sampling settings as `vllm.SamplingParams` keywords; vLLM's top_k=0 means no top-k
+    limit, as ours does. Stop strings are kept in the text, as the transformers backend keeps them (a sample that
+    ends on one is not truncated)."""
     greedy = cfg.temperature == 0
     stop = {"stop": list(cfg.stop), "include_stop_str_in_output": True} if cfg.stop else {}
-    return vllm.SamplingParams(
-        n=cfg.n_samples,
-        temperature=cfg.temperature,
-        top_p=1.0 if greedy else cfg.top_p,
-        top_k=0 if greedy else cfg.top_k,
-        max_tokens=cfg.max_new_tokens,
-        seed=seed,
+    return {
+        "n": n,
+        "temperature": cfg.temperature,
+        "top_p": 1.0 if greedy else cfg.top_p,
+        "top_k": 0 if greedy else cfg.top_k,
+        "max_tokens": cfg.max_new_tokens,
+        "seed": seed,
         **stop,
-    )
+    }
+
+
+def sampling_params(vllm, cfg: GenerateConfig, seed: int):
+    """One request's `vllm.SamplingParams`: K samples of one prompt, seeded `seed`, `seed + 1`, ... by vLLM."""
+    return vllm.SamplingParams(**sampling_kwargs(cfg, seed, cfg.n_samples))
+
+
+def sample_seed(shard_seed: int, prompt_idx: int, sample_idx: int, n_samples: int) -> int:
+    """The seed vLLM samples one row with: the seed `sample` gives its prompt's request (shard seed + prompt index x
+    K), plus the sample's index, as vLLM seeds a request's K children. One row per request (Ray Data) is then seeded
+    as one request of K samples is."""
+    return shard_seed + prompt_idx * n_samples + sample_idx
+
+
+def length_capped(n_tokens: int, last_token: int | None, text: str, cfg: GenerateConfig, eos_ids: set[int]) -> bool:
+    """vLLM's finish reason "length", from what a finished request returns: the token limit reached by a row that
+    did not end on an end-of-sequence id (checked first, as vLLM's scheduler does) or on a stop string (the text is
+    cut after the first one, which vLLM finds in the text)."""
+    if n_tokens < cfg.max_new_tokens or last_token in eos_ids:
+        return False
+    return not any(s in text for s in cfg.stop)

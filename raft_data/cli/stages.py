@@ -44,7 +44,7 @@ def generate_command(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="raft-data generate",
         description="Sample K completions per prompt for one round and write them as Parquet shards. "
-        "executor.kind=ray|slurm runs the shards there.",
+        "executor.kind=ray|slurm runs the shards there; ray_data sends their rows through Ray Data replicas.",
     )
     add_retry_arg(add_shard_args(add_stage_args(parser), "generate.n_shards"))
     run_stage(
@@ -60,7 +60,8 @@ def score_command(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="raft-data score",
         description="Score every sample of one round with the configured reward, one scores shard per samples "
-        "shard. executor.kind=ray|slurm runs the shards there.",
+        "shard. executor.kind=ray|slurm runs the shards there; ray_data sends their rows through Ray Data replicas "
+        "that hold the reward model.",
     )
     add_retry_arg(add_shard_args(add_stage_args(parser), "the number of samples shards"))
     run_stage(

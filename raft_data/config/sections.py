@@ -627,17 +627,25 @@ class LoraConfig:
         _require(bool(self.target_modules), "lora.target_modules", self.target_modules, "all-linear or module names")
 
 
-EXECUTORS = ("local", "ray", "slurm")
+EXECUTORS = ("local", "ray", "ray_data", "slurm")
 
 
 @dataclass
 class ExecutorConfig:
     # where the shards of generate, score and eval run; never part of a config hash, so a round begun on one
     # executor may finish on another
-    kind: str = "local"  # local: shards one after another here | ray: one Ray task each | slurm: a submitit array
+    # local: shards one after another here | ray: one Ray task each | slurm: a submitit array | ray_data: the rows
+    # of all unfinished shards through one Ray Data pipeline, a model loaded once per replica (generate, and score
+    # with a reward model; the other sharded stages run as under ray)
+    kind: str = "local"
     max_failed_fraction: float = 0.01  # rows whose backend or reward call failed, beyond which a shard stops
-    # ray
+    # ray and ray_data
     ray_address: str | None = None  # None: a local Ray cluster; "auto" or "ray://host:10001" for a running one
+    # ray_data: model replicas (vLLM engines or transformers actors, each holding its model), rows per batch sent to
+    # a replica, and CPUs each replica reserves (GPUs: one per replica when the stage's device is cuda)
+    ray_data_replicas: int = 1
+    ray_data_batch_size: int = 16
+    ray_data_cpus_per_replica: float = 1.0
     # slurm (submitit): one array task per unfinished shard
     slurm_partition: str | None = None
     slurm_time_min: int = 240
@@ -651,6 +659,14 @@ class ExecutorConfig:
 
     def __post_init__(self) -> None:
         _require(self.kind in EXECUTORS, "executor.kind", self.kind, "|".join(EXECUTORS))
+        _require(self.ray_data_replicas >= 1, "executor.ray_data_replicas", self.ray_data_replicas, ">= 1")
+        _require(self.ray_data_batch_size >= 1, "executor.ray_data_batch_size", self.ray_data_batch_size, ">= 1")
+        _require(
+            self.ray_data_cpus_per_replica > 0,
+            "executor.ray_data_cpus_per_replica",
+            self.ray_data_cpus_per_replica,
+            "> 0",
+        )
         _require(
             math.isfinite(self.max_failed_fraction) and 0 <= self.max_failed_fraction <= 1,
             "executor.max_failed_fraction",

@@ -4,26 +4,31 @@ Run as:
     raft-data generate --config pipelines/imdb_positive.yaml --round 0
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 executor.kind=ray_data     # Ray Data
 
 Writes `round-NNNN/prompts.parquet` and `round-NNNN/samples/shard-XXXXX-of-YYYYY.parquet` (one row per sample).
 Each shard is redone whole if it has no `.done` marker, so a killed run resumes where it stopped and ends with the
 same samples as an uninterrupted run. With `--shard i` a process runs only shard i (a Slurm array task, say); the
 process that finishes the last shard writes the manifest, and a plain rerun without `--shard` also finalises.
 Besides the policy's K samples a shard holds the candidates of `generate.extra_sources` (files of reference
-answers or other models' outputs), each row tagged with its `source`.
+answers or other models' outputs), each row tagged with its `source`. Under `executor.kind: ray_data` the rows of
+all unfinished shards go through Ray Data replicas that hold the model (`on_ray_data`), and come back as the same
+shards (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raft_data import storage
-from raft_data.backends import BACKENDS
+from raft_data.backends import BACKENDS, ray_data
 from raft_data.backends.base import Completion
 from raft_data.config import Config, config_hash, derived_seed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
@@ -68,6 +73,11 @@ def generate(
         raise ConfigError(f"generate.backend={cfg.generate.backend!r} is unknown: choose from {', '.join(BACKENDS)}")
     n_shards = cfg.generate.n_shards
     storage.check_shard_args("generate", shard, num_shards, n_shards, force, f"generate.n_shards={n_shards}")
+    if cfg.executor.kind == "ray_data" and cfg.generate.backend not in ray_data.RAY_DATA_BACKENDS:
+        raise ConfigError(
+            f"generate.backend={cfg.generate.backend!r} does not run under ray_data (executor.kind): choose "
+            f"{' or '.join(ray_data.RAY_DATA_BACKENDS)}, or executor.kind=ray"
+        )
     if n_passes(cfg) > 1 and (shard is not None or cfg.executor.kind != "local"):
         raise ConfigError(
             "generate.adaptive_target runs its passes in one process (each pass needs the one before): run it "
@@ -121,13 +131,27 @@ def generate(
         if run.done and not retry_failed:
             return run.manifest
         on_gpu = cfg.generate.backend == "vllm" or resolve_device(cfg.generate.device) == "cuda"
+        generator = f"{cfg.generate.backend}:{model_path}"
+
+        def complete() -> dict | None:
+            return storage.finish_when_complete(
+                run,
+                "generate",
+                rdir,
+                total,
+                lambda: finish(run, prompts_path, prompts, formatted, generator, cfg, round_idx),
+            )
+
+        if shard is None and cfg.executor.kind == "ray_data":
+            shard_inputs = ShardInputs(prompts, formatted, sources, tokenizer, generator, round_idx, cfg)
+            on_ray_data(run, rdir, model_path, shard_inputs, on_gpu)
+            return complete()
         if shard is None:
             task = functools.partial(storage.shard_task, generate, cfg.to_dict(), round_idx)
             todo = [i for i in range(n_shards) if not storage.shard_done(folder / storage.shard_name(i, total))]
             desc = f"generate round {round_idx}"
             storage.run_elsewhere(cfg.executor, task, todo, desc, storage.experiment_dir(cfg), int(on_gpu))
 
-        generator = f"{cfg.generate.backend}:{model_path}"
         pending = [i for i in range(total) if not storage.shard_done(folder / storage.shard_name(i, total))]
         # the backend, loaded once before any progress is drawn (a failure to load is the one line on stderr)
         sample = (
@@ -188,13 +212,99 @@ def generate(
                 run, "generate", rdir, ids, total, build, schemas.SAMPLES, label, on_gpu, shard, max_failed
             )
 
-        return storage.finish_when_complete(
-            run,
-            "generate",
-            rdir,
-            total,
-            lambda: finish(run, prompts_path, prompts, formatted, generator, cfg, round_idx),
+        return complete()
+
+
+@dataclass
+class ShardInputs:
+    """What every shard of the round is made from, the same in every worker."""
+
+    prompts: pa.Table
+    formatted: FormattedPrompts
+    sources: list[Source]
+    tokenizer: Any
+    generator: str
+    round_idx: int
+    cfg: Config
+
+
+# the rows sent through Ray Data: one per sample to draw
+RAY_DATA_ROWS = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("sample_idx", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),  # as the model reads it
+        pa.field("prompt_idx", pa.int32(), nullable=False),  # the prompt's index among its shard's sampled prompts
+        pa.field("shard_seed", pa.int64(), nullable=False),
+    ]
+)
+
+
+def on_ray_data(run: storage.StageRun, rdir: Path, model_path: str, inputs: ShardInputs, on_gpu: bool) -> None:
+    """Every unfinished shard through one Ray Data pipeline (executor.kind=ray_data): one row per sample to draw,
+    seeded by (seed, round, shard, prompt, sample index) alone; each shard then built from its rows exactly as
+    `run_shard` builds a local one (columns, order, extra sources), and written with its marker."""
+    cfg = inputs.cfg
+    n_shards, k = cfg.generate.n_shards, cfg.generate.n_samples
+    bounds = shard_bounds(inputs.prompts.num_rows, n_shards)
+
+    def shard(i: int) -> tuple[pa.Table, list[str | None], int]:
+        lo, hi = bounds[i]
+        return (
+            inputs.prompts.slice(lo, hi - lo),
+            inputs.formatted.texts[lo:hi],
+            shard_seed(cfg.experiment.seed, inputs.round_idx, i),
         )
+
+    def rows(i: int) -> pa.Table:
+        part, texts, seed = shard(i)
+        kept = [(pid, t) for pid, t in zip(part["prompt_id"].to_pylist(), texts, strict=True) if t is not None]
+        return pa.table(
+            {
+                "prompt_id": [pid for pid, _ in kept for _ in range(k)],
+                "sample_idx": [s for _ in kept for s in range(k)],
+                "prompt": [t for _, t in kept for _ in range(k)],
+                "prompt_idx": [j for j in range(len(kept)) for _ in range(k)],
+                "shard_seed": [seed] * (len(kept) * k),
+            },
+            schema=RAY_DATA_ROWS,
+        )
+
+    def build(i: int, out: pa.Table) -> tuple[pa.Table, dict]:
+        part, texts, seed = shard(i)
+        drawn = {
+            (pid, idx): Completion(text, n, cut)
+            for pid, idx, text, n, cut in zip(*(out[c].to_pylist() for c in ray_data.OUTPUT.names), strict=True)
+        }
+        ids = [pid for pid, t in zip(part["prompt_id"].to_pylist(), texts, strict=True) if t is not None]
+
+        def sample(_texts: list[str], _seed: int) -> list[list[Completion]]:  # what Ray Data drew, prompt by prompt
+            return [[drawn[(pid, idx)] for idx in range(k)] for pid in ids]
+
+        table = run_shard(
+            part, texts, sample, seed, inputs.sources, inputs.tokenizer, inputs.generator, inputs.round_idx, cfg
+        )
+        return table, token_counts(table, texts, inputs.tokenizer, k)
+
+    pipeline = ray_data.generation_pipeline(
+        cfg.generate.backend, model_path, cfg.model, cfg.generate, cfg.executor, inputs.tokenizer
+    )
+    desc = f"generate round {inputs.round_idx}"
+    storage.run_dataset(
+        run,
+        "generate",
+        rdir,
+        cfg.executor,
+        range(n_shards),
+        n_shards,
+        rows,
+        pipeline,
+        build,
+        schemas.SAMPLES,
+        ray_data.OUTPUT,
+        desc,
+        on_gpu,
+    )
 
 
 def token_counts(table: pa.Table, texts: list[str | None], tokenizer, n_samples: int) -> dict[str, int]:

@@ -4,6 +4,8 @@ Run as:
     raft-data score --config pipelines/imdb_positive.yaml --round 0
     raft-data score --config pipelines/imdb_positive.yaml --round 0 score.reward=vader_completion
     raft-data score --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data score --config pipelines/imdb_positive.yaml --round 0 executor.kind=ray_data \
+        'score.reward=[{model: assets/reward-minilm}]'          # a reward-model actor pool on Ray Data
 
 Writes `round-NNNN/scores/shard-XXXXX-of-YYYYY.parquet`: `prompt_id`, `sample_idx`, `reward` and one column per
 reward component (`reward` is their weighted sum). With `score.beta > 0` it also writes `logp` (log p_t(y|x) under
@@ -81,17 +83,19 @@ def score(
     ) as run:
         if run.done and not retry_failed:
             return run.manifest
-        if shard is None:
+        names = [c.name for c in components]
+        checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
+        extract = extractor(cfg.score)
+        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
+        if shard is None and cfg.executor.kind == "ray_data" and has_reward_model(cfg.score):
+            on_ray_data(run, rdir, sample_files, schema, cfg, round_idx, device)
+        elif shard is None:
             task = functools.partial(storage.shard_task, score, cfg.to_dict(), round_idx)
             todo = [i for i in range(total) if not storage.shard_done(folder / sample_files[i].name)]
             gpus = int(device == "cuda")
             storage.run_elsewhere(
                 cfg.executor, task, todo, f"score round {round_idx}", storage.experiment_dir(cfg), gpus
             )
-        names = [c.name for c in components]
-        checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
-        extract = extractor(cfg.score)
-        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
         models: dict[str, Any] = {}
 
         def logprob_fns():
@@ -105,10 +109,10 @@ def score(
             return models["logp"], models["ref"]
 
         def build(i: int) -> pa.Table:
-            src = sample_files[i]
-            samples = pq.read_table(src, columns=[c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names])
+            samples = read_samples(sample_files[i])
             before = checker_counts(components)
-            table = score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
+            fns = kl and logprob_fns()
+            table = score_table(samples, components, cfg, fns, extract if checks else None, sample_files[i])
             # what a checker could not read or compare (scored 0), for the manifest's counts
             return table, {k: v - before.get(k, 0) for k, v in checker_counts(components).items()}
 
@@ -193,6 +197,80 @@ def row_safe_values(name: str, fn, prompts: list, completions: list, row, answer
     if first is not None and all(v is None for v in values):
         raise first  # it raises on every row: a broken reward (its own exception is the cause), not bad rows
     return values
+
+
+def read_samples(src: Path) -> pa.Table:
+    return pq.read_table(src, columns=[c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names])
+
+
+def has_reward_model(cfg: ScoreConfig) -> bool:
+    """A component of the reward is a sequence-classification model (`model:`)."""
+    return isinstance(cfg.reward, list) and any(c.get("model") for c in cfg.reward)
+
+
+class ScoreReplica:
+    """One replica of the Ray Data actor pool (executor.kind=ray_data): the reward's components (and, with
+    score.beta > 0, the log-probability models) loaded once, then each batch of samples scored as a local shard is:
+    every reward here reads one sample at a time, so a row's scores do not depend on its batch."""
+
+    def __init__(self, cfg: dict[str, Any], round_idx: int, device: str, src: str) -> None:
+        from raft_data.config import config_from_dict
+
+        self.cfg = config_from_dict(cfg)
+        self.components = load_components(self.cfg.score, device)
+        self.extract = extractor(self.cfg.score) if any(c.needs_answers for c in self.components) else None
+        self.logprob_fns = None
+        if self.cfg.score.beta > 0:
+            generator_path, _ = storage.policy_for_round(self.cfg, round_idx)
+            ref_path = self.cfg.score.ref_model or self.cfg.model.name_or_path
+            size = self.cfg.score.batch_size
+            logp = load_logprob_fn(generator_path, self.cfg.model, device, size)
+            same = ref_path == generator_path
+            self.logprob_fns = (logp, logp if same else load_logprob_fn(ref_path, self.cfg.model, device, size))
+        self.src = Path(src)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        samples = batch.select([c for c in SAMPLE_COLUMNS if c in batch.column_names])
+        table = score_table(samples, self.components, self.cfg, self.logprob_fns, self.extract, self.src)
+        return table.append_column(storage.SHARD_COLUMN, batch[storage.SHARD_COLUMN])
+
+
+def on_ray_data(
+    run: storage.StageRun,
+    rdir: Path,
+    sample_files: list[Path],
+    schema: pa.Schema,
+    cfg: Config,
+    round_idx: int,
+    device: str,
+) -> None:
+    """Every unfinished scores shard through one Ray Data actor pool that holds the reward model: the rows of
+    samples shard i come back as scores shard i, in the samples' order, with its marker."""
+    total = len(sample_files)
+
+    def build(i: int, out: pa.Table) -> tuple[pa.Table, dict]:
+        order = pq.read_table(sample_files[i], columns=["prompt_id", "sample_idx"])
+        at = {key: j for j, key in enumerate(storage.row_keys(out))}
+        return out.take(pa.array([at[key] for key in storage.row_keys(order)], pa.int64())), {}
+
+    src = str(sample_files[0].parent) if sample_files else ""
+    kwargs = {"cfg": cfg.to_dict(), "round_idx": round_idx, "device": device, "src": src}
+    pipeline = storage.actor_pool(ScoreReplica, kwargs, cfg.executor, int(device == "cuda"))
+    storage.run_dataset(
+        run,
+        "score",
+        rdir,
+        cfg.executor,
+        range(total),
+        total,
+        lambda i: read_samples(sample_files[i]),
+        pipeline,
+        build,
+        schema,
+        schema,
+        f"score round {round_idx}",
+        device == "cuda",
+    )
 
 
 def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, extract, src: Path) -> pa.Table:

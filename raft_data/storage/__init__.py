@@ -55,6 +55,7 @@ from raft_data.storage.manifests import (
     tmp_folder,
     verify_files,
 )
+from raft_data.storage.ray_data import SHARD_COLUMN, actor_pool, row_keys, run_dataset
 from raft_data.storage.shards import (
     check_shard_args,
     failed_count,
@@ -69,8 +70,10 @@ from raft_data.storage.shards import (
 __all__ = [
     "NEXT_COMMAND",
     "STAGES",
+    "SHARD_COLUMN",
     "STAGE_FOLDERS",
     "StageRun",
+    "actor_pool",
     "baseline_dir",
     "begin_stage",
     "check_shard_args",
@@ -100,7 +103,9 @@ __all__ = [
     "remove_tree",
     "round_cost",
     "round_dir",
+    "row_keys",
     "round_wall_time",
+    "run_dataset",
     "run_elsewhere",
     "replace_rows",
     "retry_failed",

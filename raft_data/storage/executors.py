@@ -1,6 +1,7 @@
 """Executors: where the shards of a sharded stage run when not one after another in this process. Each runs the
 stage's own `--shard i` path in another process (a Ray task, a Slurm array task through submitit), so shards,
 locks, markers, seeds and bytes are those of a local run, and a round begun on one executor finishes on another.
+(`executor.kind: ray_data` sends rows, not shards, through replicas that hold a model: storage/ray_data.py.)
 
     run_elsewhere(cfg.executor, partial(shard_task, cfg.to_dict(), round_idx), todo, "score round 0", exp_dir)
 
@@ -41,14 +42,20 @@ def call(task: Callable[[int], Any], shard: int) -> Any:
     return task(shard)
 
 
-def run_on_ray(executor: ExecutorConfig, task: Callable[[int], Any], ids: list[int], desc: str, gpus: int) -> None:
-    """Each shard as one Ray task (1 CPU, `gpus` GPUs), retried twice if its worker dies."""
+def ray_init(executor: ExecutorConfig) -> Any:
+    """The `ray` module, connected to `executor.ray_address` (None: a local cluster) unless this process is already."""
     try:
         import ray
     except ImportError:
-        raise ConfigError("executor.kind=ray needs Ray: pip install 'raft-toolkit[ray]'") from None
+        raise ConfigError(f"executor.kind={executor.kind} needs Ray: pip install 'raft-toolkit[ray]'") from None
     if not ray.is_initialized():
         ray.init(address=executor.ray_address, log_to_driver=False)
+    return ray
+
+
+def run_on_ray(executor: ExecutorConfig, task: Callable[[int], Any], ids: list[int], desc: str, gpus: int) -> None:
+    """Each shard as one Ray task (1 CPU, `gpus` GPUs), retried twice if its worker dies."""
+    ray = ray_init(executor)
     remote = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=2)(call)
     pending = {remote.remote(task, i): i for i in ids}
     print(f"{desc}: {len(ids)} shards submitted to Ray")
@@ -107,10 +114,11 @@ def run_elsewhere(
     executor: ExecutorConfig, task: Callable[[int], Any], ids: list[int], desc: str, exp_dir: Path, gpus: int = 0
 ) -> None:
     """Run `task(i)` for each shard i of `ids` on the configured executor and wait for all (local: nothing to do
-    here, the stage runs its shards itself). A failed shard is a StageError after every other shard finished."""
+    here, the stage runs its shards itself). A failed shard is a StageError after every other shard finished.
+    Under ray_data, a stage (or a reward) without a Ray Data path runs its shards as Ray tasks, as under ray."""
     if not ids or executor.kind == "local":
         return
-    if executor.kind == "ray":
+    if executor.kind in ("ray", "ray_data"):
         run_on_ray(executor, task, ids, desc, gpus)
     else:
         run_on_slurm(executor, task, ids, desc, gpus, exp_dir / executor.slurm_logs)
