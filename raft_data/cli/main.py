@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from raft_data.cli import rounds, stages, tools
+from raft_data.cli import publish, rounds, stages, tools
 from raft_data.cli.common import fail, take_debug_flag
 
 Command = Callable[[list[str] | None], None]
@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "eval": (stages.eval_command, "evaluate a round's model on held-out prompts into eval/ (round 0: base too)"),
     "rounds": (rounds.rounds_command, "run generate, score, select, sft and eval for N rounds, resuming"),
     "report": (rounds.report_command, "write an HTML report with plots of every round"),
+    "track": (publish.track_command, "send finished rounds to experiment trackers (tracking.report_to), once each"),
+    "export": (publish.export_command, "selected sets as a datasets DatasetDict with a dataset card (--push-to-hub)"),
+    "export-model": (publish.export_model_command, "a round's model folder with a model card (--push-to-hub)"),
     "sweep": (rounds.sweep_command, "run named variants of an experiment, then plot reward against drift"),
     "status": (tools.status_command, "show which stages of a round are done, with counts and rewards"),
     "inspect": (tools.inspect_command, "counts, reward quantiles, guard drops, kept vs rejected samples of a round"),

@@ -685,6 +685,52 @@ class ExecutorConfig:
         )
 
 
+TRACKERS = ("trackio", "tensorboard", "wandb", "mlflow")
+
+
+@dataclass
+class TrackingConfig:
+    # experiment trackers that receive each finished round (eval metrics, selection statistics, stage costs, a
+    # table of kept and rejected samples) and the SFT loss curves; never part of a config hash: logging changes no
+    # artifact. Every tracker writes locally (wandb offline unless WANDB_MODE says otherwise, mlflow to a file store)
+    report_to: list[str] = field(default_factory=list)  # trackio | tensorboard | wandb | mlflow; empty: none
+    dir: str | None = None  # where trackers write; None: <output_root>/<experiment>/tracking/
+    project: str | None = None  # trackio project, wandb project, mlflow experiment; None: experiment.name
+    run_name: str | None = None  # the run every round logs into; None: experiment.name
+    table_prompts: int = 4  # prompts per round in the kept/rejected table (all their samples)
+    table_max_rows: int = 64  # rows of that table at most
+    sft: bool = True  # the SFT stage reports its loss curves to the same trackers
+
+    def __post_init__(self) -> None:
+        for name in self.report_to:
+            _require(name in TRACKERS, "tracking.report_to", self.report_to, f"a list of {', '.join(TRACKERS)}")
+        _require(
+            len(set(self.report_to)) == len(self.report_to), "tracking.report_to", self.report_to, "no repeats"
+        )
+        _path("tracking.dir", self.dir)
+        for key in ("project", "run_name"):
+            value = getattr(self, key)
+            ok = value is None or (0 < len(value.encode("utf-8", "replace")) <= MAX_NAME_BYTES and "/" not in value)
+            ok = ok and (value is None or "\x00" not in value)
+            _require(ok, f"tracking.{key}", value, f"a name of 1 to {MAX_NAME_BYTES} bytes without '/', or null")
+        _count("tracking.table_prompts", self.table_prompts, 0, MAX_COUNT)
+        _count("tracking.table_max_rows", self.table_max_rows, 0, MAX_COUNT)
+
+
+@dataclass
+class ExportConfig:
+    # what `raft-data export` writes into dataset and model cards that the artifacts do not record themselves;
+    # never part of a config hash (the prompts section is part of generate's, so the license lives here)
+    prompts_license: str = "unknown"  # the license of the prompts source, as a Hub license id (e.g. mit, cc-by-4.0)
+    model_license: str = "unknown"  # the base model's license (SmolLM2: apache-2.0)
+
+    def __post_init__(self) -> None:
+        for key in ("prompts_license", "model_license"):
+            value = getattr(self, key)
+            ok = 0 < len(value) <= 100 and all(c.isalnum() or c in "-_." for c in value)
+            _require(ok, f"export.{key}", value, "a license id of letters, digits, '-', '_' and '.' (or unknown)")
+
+
 @dataclass
 class Config:
     experiment: ExperimentConfig
@@ -699,6 +745,8 @@ class Config:
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
         # settings of two sections that only work together
@@ -727,4 +775,6 @@ SECTIONS: dict[str, type] = {
     "rounds": RoundsConfig,
     "lora": LoraConfig,
     "executor": ExecutorConfig,
+    "tracking": TrackingConfig,
+    "export": ExportConfig,
 }

@@ -1,0 +1,243 @@
+"""Experiment trackers: each finished round's metrics, selection statistics, costs and kept/rejected table reach
+TensorBoard, trackio, wandb (offline) and mlflow (a file store), read back with each tracker's own reader; replaying
+an experiment logs each round once."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from raft_data import storage
+from raft_data.cli.main import main as raft_data
+from raft_data.config import Config, config_from_dict
+from raft_data.errors import ConfigError
+from raft_data.stages.select import select
+from raft_data.stages.track import _flatten, finished_rounds, round_record, track
+from raft_data.storage.tracking import tracker_dir
+
+from .fake_rounds import random_rows, write_round
+
+N_PROMPTS, K = 6, 5
+
+
+def fake_experiment(tmp_path: Path, n_rounds: int = 2, **tracking: object) -> Config:
+    """Rounds of fake samples and scores, selected for real, with an eval and a train manifest each."""
+    cfg = config_from_dict(
+        {
+            "experiment": {"name": "tracked", "output_root": str(tmp_path / "runs")},
+            "model": {"name_or_path": "unused"},
+            "prompts": {"path": "unused.jsonl"},
+            "generate": {"n_samples": K},
+            "tracking": dict(tracking),
+        }
+    )
+    rng = random.Random(0)
+    for r in range(n_rounds):
+        write_round(cfg, r, random_rows(rng, r, N_PROMPTS, K))
+        select(cfg, r)
+        write_eval(cfg, r, reward=0.1 * (r + 1))
+        rdir = storage.round_dir(cfg, r)
+        train = {"stage": "train", "round": r, "identity": f"train-{r}", "train_loss": 2.0 - r, "wall_time_s": 3.0}
+        storage.write_json(train | {"counts": {"steps": 4}}, rdir / "model" / "manifest.json")
+    return cfg
+
+
+def write_eval(cfg: Config, round_idx: int, reward: float, identity: str | None = None) -> None:
+    metrics = {"reward_sampled": reward, "kl_per_token": 0.01, "pass_at_k": {"pass@1": 0.5}, "note": "text"}
+    manifest = {"stage": "eval", "round": round_idx, "identity": identity or f"eval-{round_idx}", "metrics": metrics}
+    storage.write_json(manifest | {"wall_time_s": 1.5}, storage.round_dir(cfg, round_idx) / "eval" / "manifest.json")
+
+
+def test_a_round_record_holds_eval_selection_cost_and_the_kept_rejected_table(tmp_path: Path) -> None:
+    cfg = fake_experiment(tmp_path, n_rounds=1, table_prompts=2, table_max_rows=6)
+    record = round_record(cfg, 0)
+    selected = storage.read_json(storage.round_dir(cfg, 0) / "selected" / "manifest.json")
+    s = record["scalars"]
+    assert s["eval/reward_sampled"] == pytest.approx(0.1)
+    assert s["eval/pass_at_k/pass_1"] == 0.5 and "eval/note" not in s  # names trackers accept; text left out
+    assert s["select/selected"] == selected["counts"]["selected"]
+    assert s["select/acceptance"] == pytest.approx(selected["counts"]["selected"] / selected["counts"]["samples"])
+    assert s["cost/eval_s"] == 1.5 and s["cost/train_s"] == 3.0 and s["train/loss"] == 2.0
+    rows = record["rows"]
+    assert len(rows) == 6 and len({r["prompt_id"] for r in rows}) == 2  # 3 per prompt of the 2 shown
+    kept = {(r["prompt_id"], r["sample_idx"]) for r in rows if r["kept"]}
+    import pyarrow.parquet as pq
+
+    chosen = pq.read_table(storage.shard_files(storage.round_dir(cfg, 0) / "selected")[0]).to_pylist()
+    assert kept == {(r["prompt_id"], r["sample_idx"]) for r in chosen if r["prompt_id"] in {x for x, _ in kept}}
+    for pid in {r["prompt_id"] for r in rows}:  # the kept sample first, then the rejected ones best first
+        group = [r for r in rows if r["prompt_id"] == pid]
+        assert group[0]["kept"] and all(not r["kept"] for r in group[1:])
+        assert [r["reward"] for r in group[1:]] == sorted((r["reward"] for r in group[1:]), reverse=True)
+
+
+def test_tensorboard_gets_every_round_once_and_a_replay_sends_only_what_changed(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = fake_experiment(tmp_path, report_to=["tensorboard"])
+    assert finished_rounds(cfg) == [0, 1]
+    assert track(cfg) == {"tensorboard": [0, 1]}
+    assert track(cfg) == {"tensorboard": []}  # idempotent: nothing new
+    write_eval(cfg, 1, reward=0.9, identity="eval-1-rerun")  # round 1's eval rebuilt: only round 1 again
+    assert track(cfg) == {"tensorboard": [1]}
+
+    events = EventAccumulator(str(tracker_dir(cfg, "tensorboard") / "tracked"))
+    events.Reload()
+    by_step = {}
+    for e in events.Scalars("eval/reward_sampled"):
+        by_step.setdefault(e.step, []).append(e.value)
+    assert by_step[0] == [pytest.approx(0.1)] and by_step[1][-1] == pytest.approx(0.9)
+    selected = [e.value for e in events.Scalars("select/selected")]
+    assert selected[:2] == [round_record(cfg, r)["scalars"]["select/selected"] for r in (0, 1)]
+    assert "samples/kept_and_rejected/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_file_store_holds_the_metrics_per_round(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    cfg = fake_experiment(tmp_path, report_to=["mlflow"], project="proj", run_name="run-a")
+    track(cfg)
+    track(cfg, rounds=[0], force=True)  # force sends again, into the same run
+    client = MlflowClient(tracking_uri=tracker_dir(cfg, "mlflow").resolve().as_uri())
+    experiment = client.get_experiment_by_name("proj")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs] == ["run-a"]
+    history = client.get_metric_history(runs[0].info.run_id, "eval/reward_sampled")
+    assert sorted((m.step, round(m.value, 6)) for m in history) == [(0, 0.1), (0, 0.1), (1, 0.2)]
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id, "samples")]
+    assert artifacts == ["samples/round-0000.json", "samples/round-0001.json"]
+
+
+def test_trackio_local_database_holds_the_metrics_per_round(tmp_path: Path) -> None:
+    pytest.importorskip("trackio")
+    cfg = fake_experiment(tmp_path, report_to=["trackio"])
+    track(cfg)
+    from trackio.sqlite_storage import SQLiteStorage
+
+    logs = SQLiteStorage.get_logs("tracked", "tracked")
+    assert [(log["step"], round(log["eval/reward_sampled"], 6)) for log in logs] == [(0, 0.1), (1, 0.2)]
+    assert all(log["samples/kept_and_rejected"]["_type"] == "trackio.table" for log in logs)
+    assert (tracker_dir(cfg, "trackio") / "tracked.db").exists()
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """The `history` records of an offline wandb run file (a LevelDB-style log of protobuf records: a 7-byte file
+    header, 32 KiB blocks, each record piece behind a 7-byte header of checksum, length and kind)."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = next(run_dir.glob("*.wandb")).read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pieces, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or (length == 0 and kind == 0):  # the padded end of a block
+            pos += left
+            continue
+        pieces += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last piece of one
+            records.append(pieces)
+            pieces = b""
+    out = []
+    for blob in records:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(blob)
+        if record.WhichOneof("record_type") == "history":
+            items = record.history.item
+            out.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items})
+    return out
+
+
+def test_wandb_offline_run_holds_the_metrics_per_round(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    cfg = fake_experiment(tmp_path, report_to=["wandb"])
+    track(cfg)
+    runs = sorted((tracker_dir(cfg, "wandb") / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = wandb_history(runs[0])
+    assert [(h["round"], round(h["eval/reward_sampled"], 6)) for h in history] == [(0, 0.1), (1, 0.2)]
+    for h in history:  # the table, as a file beside the run: 4 prompts x K samples
+        assert h["samples/kept_and_rejected/_type"] == "table-file"
+        assert h["samples/kept_and_rejected/nrows"] == len(round_record(cfg, h["round"])["rows"]) == 4 * K
+
+
+def test_track_command_replays_and_says_what_it_sent(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("tensorboard")
+    cfg = fake_experiment(tmp_path)
+    config = tmp_path / "exp.yaml"
+    config.write_text(cfg.to_yaml())
+    raft_data(["track", "--config", str(config), "tracking.report_to=[tensorboard]"])
+    out = capsys.readouterr().out
+    assert "tensorboard: rounds 0, 1" in out and str(tracker_dir(cfg, "tensorboard")) in out
+    raft_data(["track", "--config", str(config), "tracking.report_to=[tensorboard]"])
+    assert "tensorboard: nothing new" in capsys.readouterr().out
+
+
+def test_track_command_without_trackers_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    cfg = fake_experiment(tmp_path, n_rounds=1)
+    config = tmp_path / "exp.yaml"
+    config.write_text(cfg.to_yaml())
+    with pytest.raises(SystemExit) as e:
+        raft_data(["track", "--config", str(config)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "tracking.report_to" in err
+
+
+@pytest.mark.parametrize(
+    "tracking, key",
+    [
+        ({"report_to": ["neptune"]}, "tracking.report_to"),
+        ({"report_to": "tensorboard"}, "tracking.report_to"),
+        ({"report_to": ["wandb", "wandb"]}, "tracking.report_to"),
+        ({"run_name": "a/b"}, "tracking.run_name"),
+        ({"table_prompts": -1}, "tracking.table_prompts"),
+    ],
+)
+def test_bad_tracking_settings_name_the_key(tracking: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict({"model": {"name_or_path": "m"}, "prompts": {"path": "p.jsonl"}, "tracking": tracking})
+
+
+def test_tracking_settings_change_no_stage_identity(tmp_path: Path) -> None:
+    """Turning trackers on is not a new config: every stage of a finished round stays done."""
+    cfg = fake_experiment(tmp_path, n_rounds=1)
+    before = storage.read_json(storage.round_dir(cfg, 0) / "selected" / "manifest.json")
+    tracked = config_from_dict(cfg.to_dict() | {"tracking": {"report_to": ["tensorboard"], "run_name": "x"}})
+    assert select(tracked, 0)["config_hash"] == before["config_hash"]
+
+
+nested = st.recursive(
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.booleans(), st.text(max_size=4)),
+    lambda inner: st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@given(nested)
+def test_flatten_keeps_every_finite_number_under_a_name_every_tracker_takes(value) -> None:
+    out: dict[str, float] = {}
+    _flatten("eval", value, out)
+
+    def leaves(v):
+        if isinstance(v, dict):
+            return [x for item in v.values() for x in leaves(item)]
+        return [v]
+
+    finite = [v for v in leaves(value) if not isinstance(v, (bool, str)) and math.isfinite(v)]
+    assert all(ch.isalnum() or ch in "_-./ :" for key in out for ch in key)
+    assert all(math.isfinite(v) for v in out.values())
+    assert len(out) <= len(finite)  # names may collide after cleaning, never more
+    if len(set(out)) == len(finite):
+        assert sorted(out.values()) == sorted(float(v) for v in finite)
