@@ -15,7 +15,7 @@ STAGE_ARGS = --config $(EXP) --round $(ROUND) $(if $(FORCE),--force) $(OVERRIDES
 PYTEST_ARGS ?=
 
 .PHONY: setup test fuzz lint format demo generate score select sft round status clean help\
-	rounds eval report baseline ablation
+	rounds eval report baseline ablation track export-data
 
 help:
 	@echo "make demo                 run the default experiment (first use: venv, model, prompts)"
@@ -27,6 +27,8 @@ help:
 	@echo "make rounds N=3           rounds 0..N-1: generate, score, select, sft, eval (resumes; EXP=, K=, B=, ARGS=)"
 	@echo "make eval ROUND=n         evaluate round n's model on held-out prompts (round 0: the base model too)"
 	@echo "make report               HTML report with plots of every evaluated round (runs/<experiment>/report/)"
+	@echo "make track                send finished rounds to tracking.report_to (ARGS=\"tracking.report_to=tensorboard\")"
+	@echo "make export-data          every round's selected set as a DatasetDict with a card (runs/<experiment>_dataset)"
 	@echo "make baseline N=3         the same rounds with random_per_prompt selection (<experiment>_random)"
 	@echo "make ablation             K in {1,2,4,8}, each its own experiment, compared in runs/<experiment>_ablation_k/"
 	@echo "make sweep                the variants of GRID=, each its own experiment; reward-drift frontier page (resumes)"
@@ -84,7 +86,11 @@ sft: setup
 status: setup
 	@$(VENV)/bin/raft-data status --config $(EXP) --round $(ROUND) $(OVERRIDES)
 
-round: generate score select sft status
+# Sends the finished rounds to the trackers of tracking.report_to (ARGS="tracking.report_to=tensorboard"); else nothing.
+track: setup
+	@$(VENV)/bin/raft-data track --config $(EXP) --if-configured $(OVERRIDES)
+
+round: generate score select sft status track
 
 demo: setup
 	$(MAKE) --no-print-directory rounds N=3
@@ -108,6 +114,10 @@ eval: setup
 
 report: setup
 	$(VENV)/bin/raft-data report --config $(EXP) $(OVERRIDES)
+
+EXPORT_DIR ?= runs/$(NAME)_dataset
+export-data: setup
+	$(VENV)/bin/raft-data export --config $(EXP) --all-rounds --out $(EXPORT_DIR) --force $(OVERRIDES)
 
 baseline: setup
 	$(VENV)/bin/raft-data rounds $(N) --config $(EXP) $(OVERRIDES) \

@@ -10,7 +10,8 @@ where the run stopped. `rounds.mode` chooses where samples come from (online: th
 base model every round); `rounds.sft_from` where each round's SFT starts (previous: the previous round's model;
 base: the base model, ReST-EM). With `rounds.patience` > 0 the run stops once held-out reward (sampled) has risen
 by less than `rounds.epsilon` over the round before, `patience` rounds in a row; the baseline counts as the round
-before round 0. One summary line is printed per round.
+before round 0. One summary line is printed per round. With `tracking.report_to` set, each finished round is then
+sent to those trackers (`stages/track.py`).
 
 The drift guard (`rounds.max_kl_per_token`, `rounds.max_ppl_ratio`) reads each round's eval: when a bound is crossed,
 `rounds.on_drift=stop` ends the run with one line naming the metric, its value, the bound, the round, and the last
@@ -20,6 +21,7 @@ bounds (`storage.policy_for_round` passes over drifted rounds). A rerun sees the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +32,8 @@ from raft_data.stages.evaluate import evaluate, format_metrics
 from raft_data.stages.generate import generate
 from raft_data.stages.score import score
 from raft_data.stages.select import select
+from raft_data.stages.track import track
+from raft_data.storage.tracking import tracking_dir
 
 # The SFT stage, `train(cfg, round_idx) -> manifest`: `raft_sft.train.train`, handed in by the command line, so
 # that building data never imports the trainer.
@@ -77,6 +81,14 @@ def run_rounds(cfg: Config, n_rounds: int, train: TrainFn) -> list[dict[str, Any
             f"round {round_idx}: {format_metrics(metrics)} | {storage.round_wall_time(cfg, round_idx):.0f}s",
             flush=True,
         )
+        if cfg.tracking.report_to:
+            started = time.perf_counter()
+            track(cfg, [round_idx])
+            print(
+                f"tracking: round {round_idx} sent to {', '.join(cfg.tracking.report_to)} in "
+                f"{time.perf_counter() - started:.2f}s ({tracking_dir(cfg)})",
+                flush=True,
+            )
         crossed = storage.drift(cfg, metrics, round_idx)
         if crossed and cfg.rounds.on_drift == "stop":
             print(

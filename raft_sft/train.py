@@ -12,6 +12,7 @@ the model ended the sample with it (not where it hit max_new_tokens, nor where a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import shutil
@@ -24,6 +25,7 @@ from raft_data.config.sections import MAX_COUNT, MAX_SEED, MAX_TOKENS, finite
 from raft_data.errors import ConfigError, DataError, StageError, shown
 from raft_data.models.checks import check_finite_weights, check_model_limits, nonfinite_weights
 from raft_data.models.logprobs import ended_on_eos
+from raft_data.storage.tracking import project_name, sft_run_name, tracker_environment
 
 
 def check_sft_section(cfg: Config) -> None:
@@ -46,8 +48,9 @@ def check_sft_section(cfg: Config) -> None:
         )
 
 
-def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
-    """Build TRL's SFTConfig from the `sft:` section; an unknown field or a bad value is a ConfigError naming it."""
+def sft_args(cfg: Config, output_dir: Path, on_cpu: bool, run: str | None = None) -> Any:
+    """Build TRL's SFTConfig from the `sft:` section; an unknown field or a bad value is a ConfigError naming it.
+    `run`: the tracker run the loss curves go to, when `tracking.report_to` names trackers (and `tracking.sft`)."""
     from trl import SFTConfig
 
     check_sft_section(cfg)
@@ -61,6 +64,10 @@ def sft_args(cfg: Config, output_dir: Path, on_cpu: bool) -> Any:
     }
     if on_cpu:
         base |= {"use_cpu": True, "bf16": False, "fp16": False, "gradient_checkpointing": False}
+    if run is not None and cfg.tracking.report_to and cfg.tracking.sft:
+        base |= {"report_to": list(cfg.tracking.report_to), "run_name": run, "project": project_name(cfg)}
+        if "trackio" in cfg.tracking.report_to:
+            base["trackio_static_space_id"] = False  # never a Space on the Hub: the database stays local
     try:
         return SFTConfig(output_dir=str(output_dir), **(base | cfg.sft))
     except Exception as e:  # TRL and transformers check the fields in many ways; all are the user's sft section
@@ -232,13 +239,29 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 
 def fit(
-    cfg: Config, start_path: str, dataset, example_ids: list[str], tmp: Path, state, record: bool = False
+    cfg: Config,
+    start_path: str,
+    dataset,
+    example_ids: list[str],
+    tmp: Path,
+    state,
+    record: bool = False,
+    run: str | None = None,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Fine-tune `start_path` on `dataset` with TRL's SFTTrainer and save the model (and tokenizer) into `tmp`.
 
     Returns (train result, trainer, extra manifest fields). With `lora.r > 0` the adapter is trained through
-    `peft_config` and saved merged into the model or alone, as `lora.merge` says.
+    `peft_config` and saved merged into the model or alone, as `lora.merge` says. With `run` and trackers in
+    `tracking.report_to`, TRL reports the loss curves to them as that run.
     """
+    reporting = run is not None and bool(cfg.tracking.report_to) and cfg.tracking.sft
+    with tracker_environment(cfg, run) if reporting else contextlib.nullcontext():
+        return _fit(cfg, start_path, dataset, example_ids, tmp, state, record, run if reporting else None)
+
+
+def _fit(
+    cfg: Config, start_path: str, dataset, example_ids: list[str], tmp: Path, state, record: bool, run: str | None
+) -> tuple[Any, Any, dict[str, Any]]:
     import torch
     from trl import SFTTrainer
 
@@ -246,7 +269,7 @@ def fit(
 
     check_model_limits(cfg, start_path)  # a LoRA rank beyond the model's width, before anything is allocated
     on_cpu = not torch.cuda.is_available()
-    args = sft_args(cfg, tmp / "trainer", on_cpu)
+    args = sft_args(cfg, tmp / "trainer", on_cpu, run)
     device = "cpu" if on_cpu else f"cuda:{state.local_process_index}"
     tokenizer, model = load_tokenizer_and_model(start_path, cfg.model, device)
     if "completion" in dataset.column_names:
@@ -265,6 +288,10 @@ def fit(
     # go on from the last complete one.
     checkpoint = last_checkpoint(tmp / "trainer")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if run is not None and "wandb" in cfg.tracking.report_to and state.is_main_process:
+        import wandb
+
+        wandb.finish()  # TRL leaves its run open; the rounds' run opens next
     if result.global_step == 0:
         raise StageError(f"SFT on {start_path} ran 0 steps: check sft.num_train_epochs / sft.max_steps")
     diverged = first_nonfinite_loss(trainer.state.log_history, result)
@@ -370,7 +397,8 @@ def train(cfg: Config, round_idx: int, force: bool = False, record_examples: boo
         dataset = mark_eos(load_selected(files), cfg.generate.stop)
         ids = [f"{round_idx:04d}:{p}" for p in load_dataset_column(files, "prompt_id")]
         dataset, ids, n_replay = add_replay(dataset, ids, selected_dir, selected_manifest, round_idx)
-        result, _, extra = fit(cfg, start_path, dataset, ids, tmp, state, record_examples)
+        run_name = sft_run_name(cfg, round_idx)
+        result, _, extra = fit(cfg, start_path, dataset, ids, tmp, state, record_examples, run_name)
         if not state.is_main_process:
             return {}
         manifest = storage.finish_stage(

@@ -41,10 +41,22 @@ def fake_experiment(tmp_path: Path, n_rounds: int = 2, **tracking: object) -> Co
         write_round(cfg, r, random_rows(rng, r, N_PROMPTS, K))
         select(cfg, r)
         write_eval(cfg, r, reward=0.1 * (r + 1))
-        rdir = storage.round_dir(cfg, r)
-        train = {"stage": "train", "round": r, "identity": f"train-{r}", "train_loss": 2.0 - r, "wall_time_s": 3.0}
-        storage.write_json(train | {"counts": {"steps": 4}}, rdir / "model" / "manifest.json")
+        write_model(cfg, r)
     return cfg
+
+
+def write_model(cfg: Config, round_idx: int) -> None:
+    """A model folder with its files listed in a train manifest, as the SFT stage leaves one."""
+    folder = storage.round_dir(cfg, round_idx) / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model.safetensors").write_bytes(bytes(range(256)) * (round_idx + 1))
+    files = storage.inventory(folder)
+    manifest = {"stage": "train", "round": round_idx, "config_hash": f"train-{round_idx}", "files": files}
+    manifest |= {"identity": storage.manifests.identity(files), "train_loss": 2.0 - round_idx, "wall_time_s": 3.0}
+    manifest |= {"counts": {"steps": 4, "examples": 6}, "config": {"sft": {"learning_rate": 1e-5}}}
+    manifest |= {"start_model": "unused" if round_idx == 0 else f"round-{round_idx - 1:04d}/model"}
+    storage.write_json(manifest | {"versions": {"trl": "1.16.0"}}, folder / "manifest.json")
 
 
 def write_eval(cfg: Config, round_idx: int, reward: float, identity: str | None = None) -> None:
@@ -199,7 +211,7 @@ def test_track_command_without_trackers_is_a_one_line_error(tmp_path: Path, caps
     "tracking, key",
     [
         ({"report_to": ["neptune"]}, "tracking.report_to"),
-        ({"report_to": "tensorboard"}, "tracking.report_to"),
+        ({"report_to": "tensorboard,neptune"}, "tracking.report_to"),
         ({"report_to": ["wandb", "wandb"]}, "tracking.report_to"),
         ({"run_name": "a/b"}, "tracking.run_name"),
         ({"table_prompts": -1}, "tracking.table_prompts"),
@@ -208,6 +220,15 @@ def test_track_command_without_trackers_is_a_one_line_error(tmp_path: Path, caps
 def test_bad_tracking_settings_name_the_key(tracking: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
         config_from_dict({"model": {"name_or_path": "m"}, "prompts": {"path": "p.jsonl"}, "tracking": tracking})
+
+
+def test_report_to_as_text_is_a_comma_separated_list() -> None:
+    base = {"model": {"name_or_path": "m"}, "prompts": {"path": "p.jsonl"}}
+    assert config_from_dict(base | {"tracking": {"report_to": "tensorboard, mlflow"}}).tracking.report_to == [
+        "tensorboard",
+        "mlflow",
+    ]
+    assert config_from_dict(base | {"tracking": {"report_to": "none"}}).tracking.report_to == []
 
 
 def test_tracking_settings_change_no_stage_identity(tmp_path: Path) -> None:
@@ -219,7 +240,12 @@ def test_tracking_settings_change_no_stage_identity(tmp_path: Path) -> None:
 
 
 nested = st.recursive(
-    st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.booleans(), st.text(max_size=4)),
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(10**6), 10**6),
+        st.booleans(),
+        st.text(max_size=4),
+    ),
     lambda inner: st.dictionaries(st.text(max_size=6), inner, max_size=4),
     max_leaves=10,
 )
@@ -241,3 +267,39 @@ def test_flatten_keeps_every_finite_number_under_a_name_every_tracker_takes(valu
     assert len(out) <= len(finite)  # names may collide after cleaning, never more
     if len(set(out)) == len(finite):
         assert sorted(out.values()) == sorted(float(v) for v in finite)
+
+
+def test_rounds_send_each_round_and_the_sft_loss_curves_to_the_trackers(tmp_path: Path, tiny_model_dir, capsys):
+    """A real round of the tiny model with TensorBoard and mlflow: the round's metrics in the rounds' run, TRL's loss
+    curve in the round's SFT run beside it, and the SFT stage's identity unchanged by tracking."""
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from raft_data.rounds import run_rounds
+    from raft_sft.train import train
+
+    from .test_rounds import rounds_config
+
+    cfg = rounds_config(tmp_path, tiny_model_dir, tracking={"report_to": ["tensorboard", "mlflow"]})
+    run_rounds(cfg, 1, train)
+    assert "tracking: round 0 sent to tensorboard, mlflow in" in capsys.readouterr().out
+    tb = tracker_dir(cfg, "tensorboard")
+    rounds_run = EventAccumulator(str(tb / "test"))
+    rounds_run.Reload()
+    evaluated = storage.read_json(storage.round_dir(cfg, 0) / "eval" / "manifest.json")["metrics"]
+    (point,) = rounds_run.Scalars("eval/reward_sampled")
+    assert point.step == 0 and point.value == pytest.approx(evaluated["reward_sampled"])
+    sft_run = EventAccumulator(str(tb / "test-sft-round-0000"))
+    sft_run.Reload()
+    trained = storage.read_json(storage.round_dir(cfg, 0) / "model" / "manifest.json")
+    losses = [e["loss"] for e in trained["log_history"] if "loss" in e]
+    assert [round(e.value, 4) for e in sft_run.Scalars("train/loss")] == [round(x, 4) for x in losses]
+    assert trained["sft_args"]["report_to"] == ["tensorboard", "mlflow"]
+
+    client = MlflowClient(tracking_uri=tracker_dir(cfg, "mlflow").resolve().as_uri())
+    runs = client.search_runs([client.get_experiment_by_name("test").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["test", "test-sft-round-0000"]
+    untracked = config_from_dict(cfg.to_dict() | {"tracking": {}})
+    assert train(untracked, 0)["config_hash"] == trained["config_hash"]  # still done: nothing retrained

@@ -33,9 +33,16 @@ def track_command(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--round", dest="rounds", type=int, nargs="+", default=None, help="only these rounds (default: all finished)"
     )
-    parser.add_argument("--force", action="store_true", help="send the rounds again even if they were sent as they are")
+    parser.add_argument(
+        "--force", action="store_true", help="send the rounds again even if they were sent as they are"
+    )
+    parser.add_argument(
+        "--if-configured", action="store_true", help="do nothing when tracking.report_to is empty (for make targets)"
+    )
 
     def run(cfg: Config, args: argparse.Namespace) -> None:
+        if not cfg.tracking.report_to and args.if_configured:
+            return
         if not cfg.tracking.report_to:
             raise ConfigError(
                 "tracking.report_to is empty: name the trackers, e.g. tracking.report_to=[tensorboard,mlflow] "
@@ -53,7 +60,10 @@ def _hub_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (refused if it holds files)")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument(
-        "--push-to-hub", metavar="REPO", default=None, help="then upload the folder to this Hub repository (owner/name)"
+        "--push-to-hub",
+        metavar="REPO",
+        default=None,
+        help="then upload the folder to this Hub repository (owner/name)",
     )
     parser.add_argument("--private", action="store_true", help="create the Hub repository as private")
 

@@ -693,7 +693,8 @@ class TrackingConfig:
     # experiment trackers that receive each finished round (eval metrics, selection statistics, stage costs, a
     # table of kept and rejected samples) and the SFT loss curves; never part of a config hash: logging changes no
     # artifact. Every tracker writes locally (wandb offline unless WANDB_MODE says otherwise, mlflow to a file store)
-    report_to: list[str] = field(default_factory=list)  # trackio | tensorboard | wandb | mlflow; empty: none
+    # trackio | tensorboard | wandb | mlflow; empty: none. A string is read as a comma-separated list ("none": none)
+    report_to: list[str] | str = field(default_factory=list)
     dir: str | None = None  # where trackers write; None: <output_root>/<experiment>/tracking/
     project: str | None = None  # trackio project, wandb project, mlflow experiment; None: experiment.name
     run_name: str | None = None  # the run every round logs into; None: experiment.name
@@ -702,11 +703,11 @@ class TrackingConfig:
     sft: bool = True  # the SFT stage reports its loss curves to the same trackers
 
     def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):
+            self.report_to = [p.strip() for p in self.report_to.split(",") if p.strip() and p.strip() != "none"]
         for name in self.report_to:
             _require(name in TRACKERS, "tracking.report_to", self.report_to, f"a list of {', '.join(TRACKERS)}")
-        _require(
-            len(set(self.report_to)) == len(self.report_to), "tracking.report_to", self.report_to, "no repeats"
-        )
+        _require(len(set(self.report_to)) == len(self.report_to), "tracking.report_to", self.report_to, "no repeats")
         _path("tracking.dir", self.dir)
         for key in ("project", "run_name"):
             value = getattr(self, key)

@@ -188,7 +188,9 @@ def log_trackio(cfg: Config, records: list[dict[str, Any]]) -> None:
         for record in records:
             metrics: dict[str, Any] = dict(record["scalars"])
             if record["rows"]:
-                metrics["samples/kept_and_rejected"] = trackio.Table(columns=TABLE_COLUMNS, data=_columns(record["rows"]))
+                metrics["samples/kept_and_rejected"] = trackio.Table(
+                    columns=TABLE_COLUMNS, data=_columns(record["rows"])
+                )
             trackio.log(metrics, step=record["round"])
     finally:
         trackio.finish()
@@ -217,7 +219,9 @@ def log_wandb(cfg: Config, records: list[dict[str, Any]]) -> None:
         for record in records:
             metrics: dict[str, Any] = {"round": record["round"], **record["scalars"]}
             if record["rows"]:
-                metrics["samples/kept_and_rejected"] = wandb.Table(columns=TABLE_COLUMNS, data=_columns(record["rows"]))
+                metrics["samples/kept_and_rejected"] = wandb.Table(
+                    columns=TABLE_COLUMNS, data=_columns(record["rows"])
+                )
             run.log(metrics)
     finally:
         run.finish()

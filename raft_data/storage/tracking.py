@@ -43,10 +43,19 @@ def mlflow_uri(cfg: Config) -> str:
     return tracker_dir(cfg, "mlflow").resolve().as_uri()
 
 
-def tracker_env(cfg: Config) -> dict[str, str]:
-    """The variables the trackers' libraries read, for the trackers in `tracking.report_to`."""
+def sft_run_name(cfg: Config, round_idx: int) -> str:
+    """The run a round's SFT loss curves go to, beside the rounds' run in the same project (its steps restart at 0
+    every round, so each round's SFT is a run of its own)."""
+    return f"{run_name(cfg)}-sft-round-{round_idx:04d}"
+
+
+def tracker_env(cfg: Config, sft_run: str | None = None) -> dict[str, str]:
+    """The variables the trackers' libraries read, for the trackers in `tracking.report_to` (`sft_run`: also where
+    TRL's TensorBoard callback writes that run)."""
     env: dict[str, str] = {}
     wanted = set(cfg.tracking.report_to)
+    if "tensorboard" in wanted and sft_run is not None:
+        env["TENSORBOARD_LOGGING_DIR"] = str(tracker_dir(cfg, "tensorboard") / sft_run)
     if "wandb" in wanted:
         env |= {"WANDB_DIR": str(tracker_dir(cfg, "wandb")), "WANDB_PROJECT": project_name(cfg)}
         env["WANDB_MODE"] = os.environ.get("WANDB_MODE", "offline")
@@ -71,9 +80,9 @@ def point_trackio(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def tracker_environment(cfg: Config) -> Iterator[dict[str, str]]:
+def tracker_environment(cfg: Config, sft_run: str | None = None) -> Iterator[dict[str, str]]:
     """The tracker variables set for the duration of the block (TRL's callbacks read them), then put back."""
-    env = tracker_env(cfg)
+    env = tracker_env(cfg, sft_run)
     before = {k: os.environ.get(k) for k in env}
     trackio_before = os.environ.get("TRACKIO_DIR")
     os.environ.update(env)
