@@ -31,7 +31,13 @@ def track_command(argv: list[str] | None = None) -> None:
     )
     add_config_args(parser, round_arg=False)
     parser.add_argument(
-        "--round", dest="rounds", type=int, nargs="+", default=None, help="only these rounds (default: all finished)"
+        "--round",
+        dest="rounds",
+        metavar="N",
+        type=int,
+        nargs="+",
+        default=None,
+        help="only these rounds (default: all finished)",
     )
     parser.add_argument(
         "--force", action="store_true", help="send the rounds again even if they were sent as they are"
@@ -49,8 +55,9 @@ def track_command(argv: list[str] | None = None) -> None:
                 "(trackio, tensorboard, wandb, mlflow)"
             )
         sent = track(cfg, args.rounds, args.force)
-        for tracker, rounds in sent.items():
-            said = f"rounds {', '.join(map(str, rounds))}" if rounds else "nothing new"
+        for tracker, what in sent.items():
+            rounds = what["rounds"]
+            said = f"rounds {', '.join(map(str, rounds))} in {what['seconds']:.2f}s" if rounds else "nothing new"
             print(f"{tracker}: {said} -> {tracking_dir(cfg) / tracker}")
 
     run_stage(parser, argv, run)
@@ -77,7 +84,9 @@ def export_command(argv: list[str] | None = None) -> None:
     )
     add_config_args(parser, round_arg=False)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--round", dest="only_round", type=int, default=None, help="export this round only")
+    which.add_argument(
+        "--round", dest="only_round", metavar="N", type=int, default=None, help="export this round only"
+    )
     which.add_argument("--all-rounds", action="store_true", help="export every round with a finished selection")
     parser.add_argument("--merged", action="store_true", help="one `train` split with a selection_round column")
     parser.add_argument("--model", action="store_true", help="export the round's model folder with a model card")

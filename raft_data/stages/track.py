@@ -18,6 +18,7 @@ an eval that finished since).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -270,9 +271,10 @@ def ledger_path(cfg: Config) -> Path:
     return tracking_dir(cfg) / "logged.json"
 
 
-def track(cfg: Config, rounds: list[int] | None = None, force: bool = False) -> dict[str, list[int]]:
+def track(cfg: Config, rounds: list[int] | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
     """Send rounds (default: every round with a finished selection) to each tracker of `tracking.report_to` that has
-    not received them as they are now (`force`: send them again). Returns the rounds sent, per tracker."""
+    not received them as they are now (`force`: send them again). Returns, per tracker, the rounds sent and the
+    seconds it took: {"tensorboard": {"rounds": [0, 1], "seconds": 0.4}, ...}."""
     trackers = cfg.tracking.report_to
     if not trackers:
         return {}
@@ -280,20 +282,20 @@ def track(cfg: Config, rounds: list[int] | None = None, force: bool = False) -> 
     records = [r for r in (round_record(cfg, i) for i in rounds) if r is not None]
     path = ledger_path(cfg)
     ledger: dict[str, dict[str, str]] = storage.read_json(path) if path.exists() else {}
-    sent: dict[str, list[int]] = {}
+    sent: dict[str, dict[str, Any]] = {}
     for tracker in trackers:
         done = ledger.get(tracker, {})
         todo = [r for r in records if force or done.get(str(r["round"])) != r["fingerprint"]]
-        sent[tracker] = [r["round"] for r in todo]
-        if not todo:
-            continue
-        try:
-            TRACKER_LOGGERS[tracker](cfg, todo)
-        except ImportError as e:
-            raise ConfigError(
-                f"tracking.report_to names {tracker}, but it cannot be imported ({e}): "
-                f"pip install {TRACKER_PACKAGES[tracker]}"
-            ) from None
-        ledger[tracker] = done | {str(r["round"]): r["fingerprint"] for r in todo}
-        storage.write_json(ledger, path)
+        started = time.perf_counter()
+        if todo:
+            try:
+                TRACKER_LOGGERS[tracker](cfg, todo)
+            except ImportError as e:
+                raise ConfigError(
+                    f"tracking.report_to names {tracker}, but it cannot be imported ({e}): "
+                    f"pip install {TRACKER_PACKAGES[tracker]}"
+                ) from None
+            ledger[tracker] = done | {str(r["round"]): r["fingerprint"] for r in todo}
+            storage.write_json(ledger, path)
+        sent[tracker] = {"rounds": [r["round"] for r in todo], "seconds": round(time.perf_counter() - started, 3)}
     return sent
