@@ -48,6 +48,9 @@ def test_all_rounds_export_loads_with_datasets_and_the_card_agrees_with_the_mani
     assert list(data) == ["round_0", "round_1"]
     for r in (0, 1):
         assert data[f"round_{r}"].to_list() == selected_rows(cfg, r)
+    # as the Hub reads it once pushed: the card's configs name each split's Arrow files
+    hub = datasets.load_dataset(str(out), cache_dir=str(tmp_path / "cache"))
+    assert {split: hub[split].to_list() for split in hub} == {split: data[split].to_list() for split in data}
 
     card = front_matter(out / "README.md")
     assert card["license"] == "unknown"  # export.prompts_license's default

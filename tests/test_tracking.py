@@ -25,7 +25,7 @@ from .fake_rounds import random_rows, write_round
 N_PROMPTS, K = 6, 5
 
 
-def fake_experiment(tmp_path: Path, n_rounds: int = 2, **tracking: object) -> Config:
+def fake_experiment(tmp_path: Path, n_rounds: int = 2, select_cfg: dict | None = None, **tracking: object) -> Config:
     """Rounds of fake samples and scores, selected for real, with an eval and a train manifest each."""
     cfg = config_from_dict(
         {
@@ -33,6 +33,7 @@ def fake_experiment(tmp_path: Path, n_rounds: int = 2, **tracking: object) -> Co
             "model": {"name_or_path": "unused"},
             "prompts": {"path": "unused.jsonl"},
             "generate": {"n_samples": K},
+            "select": select_cfg or {},
             "tracking": dict(tracking),
         }
     )
@@ -86,6 +87,19 @@ def test_a_round_record_holds_eval_selection_cost_and_the_kept_rejected_table(tm
         group = [r for r in rows if r["prompt_id"] == pid]
         assert group[0]["kept"] and all(not r["kept"] for r in group[1:])
         assert [r["reward"] for r in group[1:]] == sorted((r["reward"] for r in group[1:]), reverse=True)
+
+
+def test_a_pooled_selection_marks_only_this_rounds_samples_kept(tmp_path: Path) -> None:
+    """Regression: with the cumulative strategy, round 1's selection holds round 0's samples too; a round-1 sample
+    that shares a prompt and sample index with a kept round-0 one is not kept."""
+    import pyarrow.parquet as pq
+
+    cfg = fake_experiment(tmp_path, select_cfg={"strategy": "cumulative"}, table_prompts=12, table_max_rows=500)
+    chosen = pq.read_table(storage.shard_files(storage.round_dir(cfg, 1) / "selected")[0]).to_pylist()
+    assert {r["round"] for r in chosen} == {0, 1}  # the case this guards against is there
+    mine = {(r["prompt_id"], r["sample_idx"]) for r in chosen if r["round"] == 1}
+    rows = round_record(cfg, 1)["rows"]
+    assert {(r["prompt_id"], r["sample_idx"]) for r in rows if r["kept"]} == mine
 
 
 def test_tensorboard_gets_every_round_once_and_a_replay_sends_only_what_changed(tmp_path: Path) -> None:

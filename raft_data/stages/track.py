@@ -23,6 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
 from raft_data import storage
 from raft_data.config import Config, config_hash
 from raft_data.config.sections import finite
@@ -81,11 +85,20 @@ def kept_and_rejected(cfg: Config, round_idx: int) -> list[dict[str, Any]]:
     rdir = storage.round_dir(cfg, round_idx)
     con = duckdb.connect()
     try:
-        for view, stage in (("raw_samples", "generate"), ("raw_scores", "score"), ("raw_selected", "select")):
+        for view, stage in (("raw_samples", "generate"), ("raw_scores", "score")):
             files = [str(p) for p in storage.shard_files(rdir / storage.STAGE_FOLDERS[stage])]
             if not files:
                 return []
             con.read_parquet(files).create_view(view)
+        # a pooled selection (cumulative) holds earlier rounds' samples too: only this round's can be kept here
+        chosen = [
+            pq.read_table(p, columns=["prompt_id", "sample_idx", "round"])
+            for p in storage.shard_files(rdir / storage.STAGE_FOLDERS["select"])
+        ]
+        if not chosen:
+            return []
+        chosen_rows = pa.concat_tables(chosen)
+        con.register("raw_selected", chosen_rows.filter(pc.equal(chosen_rows["round"], round_idx)))
         sql = (METRICS_DIR / "kept_and_rejected.sql").read_text(encoding="utf-8")
         rows = con.sql(sql, params={"n_prompts": n_prompts}).to_arrow_table().to_pylist()
     finally:
@@ -240,7 +253,7 @@ def log_mlflow(cfg: Config, records: list[dict[str, Any]]) -> None:
     experiment = client.get_experiment_by_name(project_name(cfg))
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(project_name(cfg))
     name = run_name(cfg)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.runName` = '{name}'", max_results=1)
+    found = [r for r in client.search_runs([experiment_id], max_results=50_000) if r.info.run_name == name]
     run_id = found[0].info.run_id if found else client.create_run(experiment_id, run_name=name).info.run_id
     try:
         for record in records:
