@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raft_data import storage
@@ -17,7 +17,7 @@ from raft_data.cli.main import main as raft_data
 from raft_data.config import Config, config_from_dict
 from raft_data.errors import ConfigError
 from raft_data.stages.select import select
-from raft_data.stages.track import _flatten, finished_rounds, round_record, track
+from raft_data.stages.track import _flatten, finished_rounds, kept_and_rejected, round_record, track
 from raft_data.storage.tracking import tracker_dir
 
 from .fake_rounds import random_rows, write_round
@@ -317,3 +317,28 @@ def test_rounds_send_each_round_and_the_sft_loss_curves_to_the_trackers(tmp_path
     assert sorted(r.info.run_name for r in runs) == ["test", "test-sft-round-0000"]
     untracked = config_from_dict(cfg.to_dict() | {"tracking": {}})
     assert train(untracked, 0)["config_hash"] == trained["config_hash"]  # still done: nothing retrained
+
+
+@pytest.fixture(scope="module")
+def one_round(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    return fake_experiment(tmp_path_factory.mktemp("table"), n_rounds=1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n_prompts=st.integers(0, 8), max_rows=st.integers(0, 40))
+def test_the_table_keeps_to_its_caps_and_shows_the_kept_sample_first(one_round: Config, n_prompts, max_rows) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        one_round, tracking=dataclasses.replace(one_round.tracking, table_prompts=n_prompts, table_max_rows=max_rows)
+    )
+    rows = kept_and_rejected(cfg, 0)
+    assert len(rows) <= max_rows
+    shown = list(dict.fromkeys(r["prompt_id"] for r in rows))
+    assert len(shown) <= min(n_prompts, N_PROMPTS) and shown == sorted(shown)
+    for pid in shown:
+        group = [r for r in rows if r["prompt_id"] == pid]
+        assert len(group) <= max(1, max_rows // n_prompts)
+        assert group[0]["kept"]  # best_per_prompt keeps one sample of every prompt: it comes first
+    if n_prompts and max_rows >= n_prompts:  # room for every shown prompt: all of them are there
+        assert len(shown) == min(n_prompts, N_PROMPTS)
