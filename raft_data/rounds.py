@@ -21,6 +21,7 @@ bounds (`storage.policy_for_round` passes over drifted rounds). A rerun sees the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,9 +82,14 @@ def run_rounds(cfg: Config, n_rounds: int, train: TrainFn) -> list[dict[str, Any
             flush=True,
         )
         if cfg.tracking.report_to:
+            started = time.perf_counter()
             sent = track(cfg, [round_idx])
-            took = ", ".join(f"{tracker} {s['seconds']:.2f}s" for tracker, s in sent.items())
-            print(f"tracking: round {round_idx} sent ({took}) -> {tracking_dir(cfg)}", flush=True)
+            took = ", ".join(f"{tracker} {s['seconds']:.3f}s" for tracker, s in sent.items())
+            print(
+                f"tracking: round {round_idx} sent in {time.perf_counter() - started:.2f}s ({took}) -> "
+                f"{tracking_dir(cfg)}",
+                flush=True,
+            )
         crossed = storage.drift(cfg, metrics, round_idx)
         if crossed and cfg.rounds.on_drift == "stop":
             print(
