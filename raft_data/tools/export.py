@@ -348,7 +348,7 @@ def export_model(cfg: Config, round_idx: int, out: Path, force: bool = False) ->
     folder = storage.round_dir(cfg, round_idx) / storage.STAGE_FOLDERS["train"]
     tmp = _prepare_out(out, force)
     try:
-        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("manifest.json", "README.md"))
+        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("manifest.json", "raft_config.yaml", "README.md"))
         storage.write_json(trained, tmp / "raft_manifest.json")
         storage.write_text(model_card(cfg, round_idx, trained, facts), tmp / "README.md")
         _publish(tmp, out)
