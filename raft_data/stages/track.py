@@ -17,6 +17,8 @@ an eval that finished since).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import time
 from collections.abc import Callable
@@ -190,24 +192,26 @@ def log_trackio(cfg: Config, records: list[dict[str, Any]]) -> None:
     point_trackio(folder)
     import trackio
 
-    trackio.init(
-        project=project_name(cfg),
-        name=run_name(cfg),
-        resume="allow",
-        embed=False,
-        auto_log_gpu=False,
-        auto_log_cpu=False,
-    )
-    try:
-        for record in records:
-            metrics: dict[str, Any] = dict(record["scalars"])
-            if record["rows"]:
-                metrics["samples/kept_and_rejected"] = trackio.Table(
-                    columns=TABLE_COLUMNS, data=_columns(record["rows"])
-                )
-            trackio.log(metrics, step=record["round"])
-    finally:
-        trackio.finish()
+    # trackio prints what it does (run created, dashboard hint) on stdout: a round's own line says where it went
+    with contextlib.redirect_stdout(io.StringIO()):
+        trackio.init(
+            project=project_name(cfg),
+            name=run_name(cfg),
+            resume="allow",
+            embed=False,
+            auto_log_gpu=False,
+            auto_log_cpu=False,
+        )
+        try:
+            for record in records:
+                metrics: dict[str, Any] = dict(record["scalars"])
+                if record["rows"]:
+                    metrics["samples/kept_and_rejected"] = trackio.Table(
+                        columns=TABLE_COLUMNS, data=_columns(record["rows"])
+                    )
+                trackio.log(metrics, step=record["round"])
+        finally:
+            trackio.finish()
 
 
 def log_wandb(cfg: Config, records: list[dict[str, Any]]) -> None:
