@@ -323,3 +323,27 @@ def test_a_writer_killed_mid_batch_leaves_a_readable_cache_of_whole_batches(tmp_
         assert answer == f"answer {b} {i} " + "x" * 200
         batches[b] = batches.get(b, 0) + 1
     assert len(batches) >= 3 and set(batches.values()) == {200}  # whole batches only
+
+
+def test_the_chat_endpoint_sends_messages_and_reads_the_message(judge_model_dir):
+    from raft_data.rewards.judge import judge_reward
+
+    with serving(judge_model_dir) as (server, base):
+        cfg = JudgeConfig(api_base=base, model="judge", endpoint="chat", template="yes_no", parse=PARSE, max_tokens=1)
+        fn = judge_reward(cfg)  # no cache folder: nothing written to disk
+        prompts, completions = ["The film", "A plot"], [" was fine.", " made no sense"]
+        try:
+            values = fn(prompts, completions)
+        except JudgeAnswerError:
+            values = None
+        assert [path for path, _ in server.requests] == ["/v1/chat/completions"] * 2
+        texts = [judge_prompt(TEMPLATES["yes_no"][0], p, c) for p, c in zip(prompts, completions, strict=True)]
+        sent = sorted(body["messages"][0]["content"] for _, body in server.requests)  # concurrent: any order
+        assert sent == sorted(texts) and all(len(body["messages"]) == 1 for _, body in server.requests)
+        answers = [server.answers[t] for t in texts]
+        pattern = parse_pattern(cfg)
+        try:
+            expected = [verdict(a, pattern) for a in answers]
+        except JudgeAnswerError:
+            expected = None
+        assert values == expected and fn.stats["requests"] == 2
