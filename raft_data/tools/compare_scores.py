@@ -159,18 +159,22 @@ def format_comparison(result: dict[str, Any], max_prompts: int = 10) -> str:
             f"    a=1  {result['a1_b1']:6d}{result['a1_b0']:6d}",
             f"    a=0  {result['a0_b1']:6d}{result['a0_b0']:6d}",
         ]
-    lines.append(f"  best sample changes on {result['best_changed']} of {result['n_prompts']} prompts")
+    lines.append(
+        f"  best sample (by reward alone) changes on {result['best_changed']} of {result['n_prompts']} prompts"
+    )
     flips = result["flipped_prompts"]
     for p in flips[:max_prompts]:
+        flipped = f", {p['n_disagree']} of {p['n_samples']} samples flip" if result["binary"] else ""
         lines.append(
-            f"    {p['prompt_id']}: best a={p['best_a']} ({p['best_a_reward']:.4g}) b={p['best_b']} "
-            f"({p['best_b_reward']:.4g}), {p['n_disagree']} of {p['n_samples']} samples disagree"
+            f"    {p['prompt_id']}: best sample a={p['best_a']} ({p['best_a_reward']:.4g}) "
+            f"b={p['best_b']} ({p['best_b_reward']:.4g}){flipped}"
         )
     if len(flips) > max_prompts:
         lines.append(f"    ... {len(flips) - max_prompts} more (--json lists them all)")
     sel = result["selection"]
     lines.append(
-        f"  selection ({sel['strategy']}): a keeps {sel['kept_a']}, b keeps {sel['kept_b']}, both {sel['kept_both']}; "
+        f"  selection ({sel['strategy']}, guards and where included): a keeps {sel['kept_a']}, "
+        f"b keeps {sel['kept_b']}, both {sel['kept_both']}; "
         f"{len(sel['only_a'])} kept only by a, {len(sel['only_b'])} only by b"
     )
     return "\n".join(lines)
