@@ -44,3 +44,10 @@ def fails_on_sequel(prompts: list[str], completions: list[str]) -> list[float]:
     if os.environ.get("RAFT_TEST_SEQUEL_FAILS") == "1" and any("sequel" in p for p in prompts):
         raise ValueError("cannot score sequels")
     return vader(prompts, completions)
+
+
+def planted(prompts: list[str], completions: list[str]) -> list[float]:
+    """The number a test planted in the completion's text as `b=<value>`."""
+    import re
+
+    return [float(re.search(r"b=(\S+)", c).group(1)) for c in completions]

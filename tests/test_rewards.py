@@ -225,7 +225,7 @@ def test_plain_reward_name_still_works(tmp_path, tiny_model_dir, prompts_file) -
     ("reward", "match"),
     [
         ([{"ref": "vader", "colour": 1}], "unknown key score.reward\\[0\\].colour"),
-        ([{"ref": "vader", "model": "x"}], "exactly one of ref or model"),
+        ([{"ref": "vader", "model": "x"}], "exactly one of ref, model or judge"),
         ([{"ref": "vader"}, {"ref": "vader"}], "distinct component names"),
         ([{"ref": "vader", "name": "logp"}], "score.reward\\[0\\].name='logp'"),
         ([{"ref": "vader", "weight": float("nan")}], "weight"),

@@ -20,6 +20,8 @@ Command = Callable[[list[str] | None], None]
 COMMANDS: dict[str, tuple[Command, str]] = {
     "generate": (stages.generate_command, "sample K completions per prompt into samples/ shards"),
     "score": (stages.score_command, "score every sample with the reward into scores/ shards"),
+    "rescore": (stages.rescore_command, "score a round's samples again with another reward into rescores/NAME/"),
+    "compare-scores": (tools.compare_scores_command, "agreement, flips and selection changes of two scorings"),
     "select": (
         stages.select_command,
         "rank with a DuckDB query into selected/ (best per prompt or another strategy)",

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import argparse
 
+from raft_data import storage
 from raft_data.cli.common import Parser, add_stage_args, run_stage
 from raft_data.selection.engine import strategies
 from raft_data.stages.evaluate import evaluate
 from raft_data.stages.generate import generate
 from raft_data.stages.score import score
 from raft_data.stages.select import select
+from raft_data.tools.compare_scores import compare_scores, format_comparison
 
 
 def add_shard_args(parser: argparse.ArgumentParser, count: str) -> argparse.ArgumentParser:
@@ -71,6 +73,27 @@ def score_command(argv: list[str] | None = None) -> None:
             cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
         ),
     )
+
+
+def rescore_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data rescore",
+        description="Score a round's stored samples again with another reward (the score.* overrides given here) "
+        "into round-NNNN/rescores/NAME/, with its own manifest; scores/ and everything built on it stay as they are. "
+        "Runs in this process. When scores/ is finished, prints how the two agree (see compare-scores).",
+        epilog="example: raft-data rescore --config pipelines/imdb_positive.yaml --round 0 --into lexicon "
+        "score.reward=raft_data.rewards.builtin:vader_completion",
+    )
+    add_retry_arg(add_stage_args(parser))
+    parser.add_argument("--into", required=True, help="the rescore's name: its folder is round-NNNN/rescores/NAME/")
+
+    def run(cfg, args) -> None:
+        manifest = score(cfg, args.round, force=args.force, retry_failed=args.retry_failed, into=args.into)
+        scores = storage.round_dir(cfg, args.round) / storage.STAGE_FOLDERS["score"]
+        if manifest is not None and (scores / "manifest.json").exists():
+            print(format_comparison(compare_scores(cfg, args.round, "scores", f"rescores/{args.into}")))
+
+    run_stage(parser, argv, run)
 
 
 def select_command(argv: list[str] | None = None) -> None:

@@ -21,6 +21,7 @@ from raft_data.data.arithmetic import write_arithmetic
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
 from raft_data.tools.assets import fetch_assets
+from raft_data.tools.compare_scores import compare_scores, format_comparison
 from raft_data.tools.heldout import heldout_reward
 from raft_data.tools.inspect import inspect
 from raft_data.tools.sql import format_table, run_sql
@@ -89,6 +90,28 @@ def inspect_command(argv: list[str] | None = None) -> None:
         if args.examples < 0:
             parser.error("--examples must be >= 0")
         print(inspect(cfg, args.round, args.examples))
+
+    run_stage(parser, argv, run)
+
+
+def compare_scores_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data compare-scores",
+        description="Compare two scorings of a round's samples (scores, rescores/NAME): rank correlation; for "
+        "binary rewards agreement and a confusion table; the prompts whose best sample changes or whose samples "
+        "flip; and the rows the configured selection (select.*) keeps under one and not the other.",
+    )
+    add_config_args(parser)
+    parser.add_argument("--a", default="scores", help="first scoring: scores or rescores/NAME (default: scores)")
+    parser.add_argument("--b", required=True, help="second scoring, e.g. rescores/judge")
+    parser.add_argument("--json", action="store_true", help="print everything as JSON (every flipped prompt)")
+    parser.add_argument("--max-prompts", type=int, default=10, help="flipped prompts to list (default: 10)")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        import json
+
+        result = compare_scores(cfg, args.round, args.a, args.b)
+        print(json.dumps(result, indent=1) if args.json else format_comparison(result, args.max_prompts))
 
     run_stage(parser, argv, run)
 

@@ -18,12 +18,14 @@ from raft_data.config.sections import (
     ExecutorConfig,
     ExperimentConfig,
     GenerateConfig,
+    JudgeConfig,
     LoraConfig,
     ModelConfig,
     PromptsConfig,
     RoundsConfig,
     ScoreConfig,
     SelectConfig,
+    judge_config,
     reward_component_name,
 )
 
@@ -33,6 +35,7 @@ __all__ = [
     "EvalConfig",
     "ExperimentConfig",
     "GenerateConfig",
+    "JudgeConfig",
     "ExecutorConfig",
     "LoraConfig",
     "ModelConfig",
@@ -47,5 +50,6 @@ __all__ = [
     "parse_override",
     "read_text_file",
     "read_yaml",
+    "judge_config",
     "reward_component_name",
 ]

@@ -324,12 +324,90 @@ def _extra_source(index: int, entry: Any) -> dict[str, Any]:
     return out
 
 
+# The judge's built-in prompt templates (their text and parsers live in raft_data/rewards/judge.py).
+JUDGE_TEMPLATES = ("score_1_10", "yes_no")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge behind any OpenAI-compatible endpoint: a reward component `{judge: {...}, weight: ...}`."""
+
+    api_base: str = ""  # e.g. http://127.0.0.1:8000/v1
+    model: str = ""  # the served model name the requests ask for
+    endpoint: str = "chat"  # chat (the server applies the chat template) | completions
+    # a built-in template (score_1_10, yes_no) or the prompt text itself, with {prompt} and {completion} in it
+    template: str = "score_1_10"
+    # the verdict: a regex searched in the answer (case-insensitive), its first group a number or yes/no (1/0);
+    # None: the template's own (score_1_10: the first number 1..10; yes_no: the first yes or no; text: a number)
+    parse: str | None = None
+    # sampling, part of the cache key
+    max_tokens: int = 16
+    temperature: float = 0.0
+    seed: int = 0
+    # requests
+    api_key_env: str = ""  # name of the environment variable that holds the API key; "" sends no key
+    concurrency: int = 8  # requests in flight at once
+    timeout_s: float = 120.0  # per request
+    max_retries: int = 5  # on 429, 5xx, timeouts and refused connections
+    backoff_s: float = 1.0  # first wait before a retry; doubles each time
+    cache: bool = True  # answers kept in <experiment>/judge-cache.sqlite, so a rerun asks nothing again
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.api_base, str) and self.api_base.startswith(("http://", "https://")),
+            "judge.api_base",
+            self.api_base,
+            "an http(s) URL such as http://127.0.0.1:8000/v1",
+        )
+        _require(isinstance(self.model, str) and bool(self.model), "judge.model", self.model, "the served model name")
+        _require(self.endpoint in ("chat", "completions"), "judge.endpoint", self.endpoint, "chat|completions")
+        _require(
+            isinstance(self.template, str)
+            and (self.template in JUDGE_TEMPLATES or "{prompt}" in self.template and "{completion}" in self.template),
+            "judge.template",
+            self.template,
+            f"one of {', '.join(JUDGE_TEMPLATES)} or a text with {{prompt}} and {{completion}} in it",
+        )
+        if self.parse is not None:
+            try:
+                groups = re.compile(self.parse).groups
+            except (re.error, TypeError) as e:
+                raise ConfigError(f"judge.parse={shown(self.parse)} is invalid: {e}") from None
+            _require(groups >= 1, "judge.parse", self.parse, "a regex with a group around the verdict")
+        _count("judge.max_tokens", self.max_tokens, 1, MAX_TOKENS)
+        _require(
+            finite(self.temperature) and 0 <= self.temperature <= 10, "judge.temperature", self.temperature, ">= 0"
+        )
+        _count("judge.seed", self.seed, 0, MAX_SEED)
+        _count("judge.concurrency", self.concurrency, 1, 1024)
+        _positive_finite("judge.timeout_s", self.timeout_s, 86400.0)
+        _count("judge.max_retries", self.max_retries, 0, 100)
+        _require(
+            finite(self.backoff_s) and 0 <= self.backoff_s <= 3600, "judge.backoff_s", self.backoff_s, "in [0, 3600]"
+        )
+        _require(isinstance(self.cache, bool), "judge.cache", self.cache, "true|false")
+
+
+def judge_config(key: str, value: Any) -> JudgeConfig:
+    """A reward component's `judge:` mapping as a JudgeConfig; errors name the component (`key`)."""
+    _require(isinstance(value, dict), key, value, "a mapping such as {api_base: ..., model: ..., template: yes_no}")
+    known = [f.name for f in dataclasses.fields(JudgeConfig)]
+    unknown = sorted(str(k) for k in set(value) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key {key}.{unknown[0]}: a judge takes {', '.join(known)}")
+    try:
+        return JudgeConfig(**value)
+    except ConfigError as e:
+        raise ConfigError(f"{key.rpartition('.')[0]}.{e}") from None
+
+
 # Keys a reward component (an item of a `score.reward` list) may hold. `ref` names a built-in or module:function;
-# `model` a Hugging Face sequence-classification folder. Exactly one of the two.
+# `model` a Hugging Face sequence-classification folder; `judge` an LLM judge. Exactly one of the three.
 REWARD_COMPONENT_KEYS = {
-    "name": "its column in scores/ (default: the ref's name or the model folder's name)",
+    "name": "its column in scores/ (default: the ref's name, the model folder's name, or judge)",
     "ref": "a built-in reward name or module:function",
     "model": "a sequence-classification model folder (a reward model)",
+    "judge": "an LLM judge behind an OpenAI-compatible endpoint: {api_base, model, template, parse, ...}",
     "weight": "its weight in the summed reward (default 1.0)",
     "label": "classifiers: the label to read, by index or name (default: none, the model must have one logit)",
     "output": "classifiers: probability | logit (default probability)",
@@ -401,6 +479,8 @@ def reward_component_name(component: dict[str, Any]) -> str:
         return str(component["name"])
     if component.get("ref"):
         return str(component["ref"]).rpartition(":")[2]
+    if component.get("judge"):
+        return "judge"
     return Path(str(component["model"])).name.replace("-", "_").replace(".", "_")
 
 
@@ -412,9 +492,16 @@ def _check_reward_component(i: int, c: Any) -> str:
         raise ConfigError(
             f"unknown key {key}.{unknown[0]}: a reward component takes {', '.join(REWARD_COMPONENT_KEYS)}"
         )
-    _require(bool(c.get("ref")) != bool(c.get("model")), key, c, "exactly one of ref or model")
+    _require(
+        [bool(c.get("ref")), bool(c.get("model")), bool(c.get("judge"))].count(True) == 1,
+        key,
+        c,
+        "exactly one of ref, model or judge",
+    )
     if c.get("ref"):
         _reward_ref(f"{key}.ref", c["ref"])
+    elif c.get("judge"):
+        judge_config(f"{key}.judge", c["judge"])
     else:
         _require(isinstance(c["model"], str), f"{key}.model", c["model"], "a model folder")
         _path(f"{key}.model", c["model"])

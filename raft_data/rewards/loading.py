@@ -1,6 +1,6 @@
 """The configured reward, named and loaded in one place. `score.reward` names a built-in, any importable
 `module:function` with the signature `(prompts, completions) -> list[float]`, or a list of components (built-ins,
-functions, Hugging Face sequence-classification reward models) whose weighted sum is the reward.
+functions, Hugging Face sequence-classification reward models, LLM judges) whose weighted sum is the reward.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from raft_data.config import ScoreConfig, reward_component_name
+from raft_data.config import ScoreConfig, judge_config, reward_component_name
 from raft_data.errors import ConfigError, DataError, shown
 from raft_data.rewards.builtin import BUILTIN, RewardFn
 from raft_data.rewards.checkers import CHECKERS, checker_reward
 from raft_data.rewards.hf import hf_reward
+from raft_data.rewards.judge import judge_reward
 
 # A module:function reference: a dotted module path of Python names, then a function name (never a file path).
 REWARD_REF = re.compile(r"([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)")
@@ -88,8 +90,9 @@ def takes_answers(fn: Callable) -> bool:
         return False
 
 
-def load_components(cfg: ScoreConfig, device: str = "cpu") -> list[RewardComponent]:
-    """The reward's components, each loaded once. A plain `score.reward` string is one component of weight 1."""
+def load_components(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | None = None) -> list[RewardComponent]:
+    """The reward's components, each loaded once. A plain `score.reward` string is one component of weight 1.
+    `cache_dir` (the experiment folder) holds an LLM judge's answer cache; None keeps no cache on disk."""
     if isinstance(cfg.reward, str):
         name, fn = load_reward(cfg.reward, cfg)
         return [RewardComponent(name, 1.0, fn, {"ref": cfg.reward})]
@@ -99,6 +102,9 @@ def load_components(cfg: ScoreConfig, device: str = "cpu") -> list[RewardCompone
         if c.get("ref"):
             _, fn = load_reward(c["ref"], cfg)
             info = {"ref": c["ref"]}
+        elif c.get("judge"):
+            fn = judge_reward(judge_config(f"score.reward[{len(components)}].judge", c["judge"]), cache_dir)
+            info = dict(fn.reward_info)
         else:
             fn = hf_reward(
                 c["model"],
@@ -173,11 +179,11 @@ def combine(components: list[RewardComponent], values: dict[str, list[float]]) -
     return [math.fsum(c.weight * values[c.name][i] for c in components) for i in range(n)]
 
 
-def configured_reward(cfg: ScoreConfig, device: str = "cpu") -> RewardFn:
+def configured_reward(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | None = None) -> RewardFn:
     """The configured reward (`score.reward`, a name or a list of weighted components) as one function of
     (prompts, completions[, answers]): the weighted sum the score stage writes as `reward`. `answers` (the gold
     answers) is needed when a component checks answers."""
-    components = load_components(cfg, device)
+    components = load_components(cfg, device, cache_dir)
 
     def reward(prompts: list[str], completions: list[str], answers: list[str | None] | None = None) -> list[float]:
         def row(i: int) -> str:

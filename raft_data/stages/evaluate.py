@@ -183,7 +183,7 @@ def measure_shard(
     sums over shards (`eval_metrics`), whichever process ran each. `loaded` keeps what this process loaded (the
     model, the base model, the rewards) for its next shard."""
     if "reward" not in loaded:
-        loaded["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device))
+        loaded["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device), storage.experiment_dir(cfg))
         loaded["second"] = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
     reward_fn, second_fn = loaded["reward"], loaded["second"]
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens

@@ -17,6 +17,7 @@ A non-finite reward stops the stage with the prompt_id and sample_idx that produ
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +26,14 @@ import pyarrow.parquet as pq
 
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
-from raft_data.errors import DataError, UserError
+from raft_data.errors import ConfigError, DataError, UserError
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import ended_on_eos, load_logprob_fn
 from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
 
+RESCORES = "rescores"  # round-NNNN/rescores/<name>/: the round's samples scored again with another reward
 # what scoring reads of a samples shard
 SAMPLE_COLUMNS = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer", "error"]
 
@@ -43,17 +45,20 @@ def score(
     shard: int | None = None,
     num_shards: int | None = None,
     retry_failed: bool = False,
+    into: str | None = None,
 ) -> dict | None:
     """Run the score stage of one round (or one shard of it: scores shard i holds the rewards of samples shard i);
     returns the manifest, or None while shards that other processes run are unfinished. `retry_failed` scores
-    again only the rows the reward failed on, in finished shards too."""
+    again only the rows the reward failed on, in finished shards too. `into` (a rescore) writes the scores to
+    `round-NNNN/rescores/<into>/` instead, in this process, and leaves `scores/` as it is."""
     rdir = storage.round_dir(cfg, round_idx)
     samples_dir = rdir / storage.STAGE_FOLDERS["generate"]
     samples_manifest, samples_ref = storage.read_input(cfg, "generate", round_idx)
     sample_files = storage.shard_files(samples_dir)
     total = len(sample_files)
     storage.check_shard_args("score", shard, num_shards, total, force, f"the {total} shards of samples/")
-    folder = rdir / storage.STAGE_FOLDERS["score"]
+    folder = rdir / storage.STAGE_FOLDERS["score"] if into is None else rescore_folder(rdir, into)
+    label = "score" if into is None else f"rescore.{into}"  # its locks: a rescore runs beside the others
     kl = cfg.score.beta > 0
     # new score fields enter the hash only when set, so rounds scored before they existed stay valid
     defaults = ScoreConfig()
@@ -68,9 +73,11 @@ def score(
     device = resolve_device(cfg.score.device)
     # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
     done = not force and not retry_failed and storage.finished(folder, stage_cfg, inputs)
-    components = [] if done else load_components(cfg.score, device)
+    components = [] if done else load_components(cfg.score, device, storage.experiment_dir(cfg))
+    # a rescore reads samples/ only: it waits for no stage but this round's generate
+    neighbours = storage.neighbours(cfg, "score", round_idx) if into is None else [(rdir, "generate")]
     with storage.sharded_stage(
-        "score",
+        label,
         folder,
         rdir,
         stage_cfg,
@@ -79,7 +86,7 @@ def score(
         shard,
         total,
         inputs=inputs,
-        neighbours=storage.neighbours(cfg, "score", round_idx),
+        neighbours=neighbours,
     ) as run:
         if run.done and not retry_failed:
             return run.manifest
@@ -87,7 +94,9 @@ def score(
         checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
         extract = extractor(cfg.score)
         schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
-        if shard is None and cfg.executor.kind == "ray_data" and has_reward_model(cfg.score):
+        if into is not None:
+            pass  # a rescore scores in this process
+        elif shard is None and cfg.executor.kind == "ray_data" and has_reward_model(cfg.score):
             on_ray_data(run, rdir, sample_files, schema, cfg, round_idx, device)
         elif shard is None:
             task = functools.partial(storage.shard_task, score, cfg.to_dict(), round_idx)
@@ -127,16 +136,16 @@ def score(
                 fresh = score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
                 return storage.replace_rows(table, positions, fresh)
 
-            storage.retry_failed(run, "score", rdir, wanted, total, redo, schema, max_failed)
+            storage.retry_failed(run, label, rdir, wanted, total, redo, schema, max_failed)
         storage.run_shards(
             run,
-            "score",
+            label,
             rdir,
             wanted,
             total,
             build,
             schema,
-            f"score round {round_idx}",
+            f"{label} round {round_idx}",
             device == "cuda",
             shard,
             max_failed,
@@ -154,13 +163,26 @@ def score(
                 extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
             if kl:
                 extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
+            if into is not None:
+                extra["rescore"] = {"into": into, "beside": storage.STAGE_FOLDERS["score"]}
             counts = {"scores": n_rows, "shards": total, **storage.failed_count(extra["cost"])}
             for key in ("no_answer", "not_comparable"):  # answers a checker could not find or compare: scored 0
                 if f"checker_{key}" in extra["cost"]:
                     counts[key] = int(extra["cost"][f"checker_{key}"])
             return storage.finish_stage(run, "score", round_idx, counts=counts, extra=extra)
 
-        return storage.finish_when_complete(run, "score", rdir, total, finish)
+        return storage.finish_when_complete(run, label, rdir, total, finish)
+
+
+# A rescore's name: a folder name under round-NNNN/rescores/.
+RESCORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def rescore_folder(rdir: Path, into: str) -> Path:
+    """Where a rescore named `into` writes: `round-NNNN/rescores/<into>/`."""
+    if RESCORE_NAME.fullmatch(into) is None or ".." in into:
+        raise ConfigError(f"--into={into!r} is invalid: expected a folder name of letters, digits, _ . - (1-64)")
+    return rdir / RESCORES / into
 
 
 def checker_counts(components: list) -> dict[str, int]:
@@ -217,7 +239,7 @@ class ScoreReplica:
         from raft_data.config import config_from_dict
 
         self.cfg = config_from_dict(cfg)
-        self.components = load_components(self.cfg.score, device)
+        self.components = load_components(self.cfg.score, device, storage.experiment_dir(self.cfg))
         self.extract = extractor(self.cfg.score) if any(c.needs_answers for c in self.components) else None
         self.logprob_fns = None
         if self.cfg.score.beta > 0:
