@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -93,20 +94,22 @@ def test_raising_max_new_tokens_redoes_only_the_truncated_samples(tmp_path, tiny
     assert score(longer, 0)["counts"]["scores"] == len(after)
 
 
-def test_the_same_top_up_ends_with_the_same_bytes(tmp_path, tiny_model_dir, prompts_file):
-    runs = []
-    for name in ("a", "b"):
-        generate(config(tmp_path / name, tiny_model_dir, prompts_file), 0)
-        top_up(config(tmp_path / name, tiny_model_dir, prompts_file, max_new_tokens=32), 0)
-        runs.append(shard_bytes(config(tmp_path / name, tiny_model_dir, prompts_file, max_new_tokens=32)))
-    assert runs[0] == runs[1]
-
-
-def test_a_killed_top_up_resumes_to_the_same_bytes(tmp_path, tiny_model_dir, prompts_file):
+def test_the_same_top_up_ends_with_the_same_bytes_even_after_kill_9(tmp_path, tiny_model_dir, prompts_file):
     more = {"max_new_tokens": 32, "batch_size": 1}
     clean = config(tmp_path / "c", tiny_model_dir, prompts_file, batch_size=1)
     generate(clean, 0)
+    start = storage.round_dir(clean, 0) / "samples"
+    shutil.copytree(start, tmp_path / "start")
     top_up(config(tmp_path / "c", tiny_model_dir, prompts_file, **more), 0)
+    first = shard_bytes(clean)
+    shutil.rmtree(start)  # the same top-up again, from the same starting point
+    shutil.copytree(tmp_path / "start", start)
+    top_up(config(tmp_path / "c", tiny_model_dir, prompts_file, **more), 0)
+    assert shard_bytes(clean) == first and first != {
+        p.name: p.read_bytes() for p in storage.shard_files(tmp_path / "start")
+    }
+
+    # killed in the middle (after its first shard), then the same command again
     killed = config(tmp_path / "k", tiny_model_dir, prompts_file, batch_size=1)
     generate(killed, 0)
     path = tmp_path / "killed.yaml"

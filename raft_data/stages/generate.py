@@ -317,8 +317,10 @@ def why_not_top_up(old: dict[str, Any], new: dict[str, Any]) -> str | None:
 
 
 def pass_settings(generate_section: dict[str, Any]) -> dict[str, Any]:
-    """What a pass of the stage was sampled with, as the manifest's `passes` lists it."""
-    return {key: generate_section[key] for key in ("max_new_tokens", "n_samples", "stop")}
+    """What a pass of the stage was sampled with, as the manifest's `passes` lists it (a config written before
+    stop strings existed had none)."""
+    g = generate_section
+    return {"max_new_tokens": g["max_new_tokens"], "n_samples": g["n_samples"], "stop": list(g.get("stop") or [])}
 
 
 @dataclass

@@ -180,18 +180,18 @@ def top_up(cfg: Config, round_idx: int) -> dict[str, Any]:
             storage.write_json(plan, plan_path)
             record = {"config_hash": new_hash, "config": stage_cfg, "inputs": {"model": model_ref}}
             storage.write_text(yaml.safe_dump(record, sort_keys=False), folder / "raft_config.yaml")
-            (folder / "manifest.json").unlink()
+            manifest_path.unlink()
             print(f"generate: topping up {folder} (pass {plan['pass']}): manifest removed, written again when done")
         elif plan["to_hash"] != new_hash:
             raise StageError(
                 f"{folder} has an unfinished top-up to other settings: finish it with `raft-data generate --round "
                 f"{round_idx} --top-up {plan['args']}`, or start this stage over with --force"
             )
-        elif storage.read_json(manifest_path).get("config_hash") == new_hash if manifest_path.exists() else False:
+        elif manifest_path.exists() and storage.read_json(manifest_path).get("config_hash") == new_hash:
             plan_path.unlink()  # killed after its manifest was written: the top-up is done
             return storage.read_json(manifest_path)
         else:
-            (folder / "manifest.json").unlink(missing_ok=True)
+            manifest_path.unlink(missing_ok=True)
             print(f"generate: resuming the top-up of {folder} (pass {plan['pass']})")
         started = time.time()
         pass_idx, old_settings = plan["pass"], plan["passes"][-1]["settings"]
