@@ -279,7 +279,8 @@ def rewrite_shards(
         if "failed_rows" in info:  # what the rows hold now, not a sum
             merged["failed_rows"] = info["failed_rows"]
         marker = {k: v for k, v in marker.items() if k != "pending"}
-        write_json({**marker, "cost": {**old, **merged}, "rewrite": {**tag, "info": info}}, marker_path(path))
+        rewrite = {**tag, "info": info, "cost": cost}  # what this rewrite cost alone (`cost` holds the sums)
+        write_json({**marker, "cost": {**old, **merged}, "rewrite": rewrite}, marker_path(path))
         out.append(info)
     return out
 
