@@ -214,6 +214,9 @@ def test_what_cannot_be_topped_up_is_refused_with_one_line(tmp_path, tiny_model_
         assert err.count("\n") == 1 and err.startswith("error: ")
         assert "generate.temperature differs: 1.0, now 0.7" in err
         assert "only generate.max_new_tokens, generate.n_samples, generate.stop can be topped up" in err
+    with pytest.raises(SystemExit) as exit_info:
+        raft_data(["generate", "--config", str(config_path), "--round", "0", "--top-up", "--force"])
+    assert exit_info.value.code == 2 and "--top-up runs alone" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()} == kept
     fewer = config(tmp_path, tiny_model_dir, prompts_file, n_samples=1)
     with pytest.raises(StageError, match="generate.n_samples is lower: 2, now 1; a top-up can only raise it"):

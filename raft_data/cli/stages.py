@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 
 from raft_data.cli.common import Parser, add_stage_args, run_stage
-from raft_data.errors import ConfigError
 from raft_data.selection.engine import strategies
 from raft_data.stages.evaluate import evaluate
 from raft_data.stages.generate import generate
@@ -60,7 +59,7 @@ def generate_command(argv: list[str] | None = None) -> None:
     def run(cfg, a):
         if a.top_up:
             if a.force or a.retry_failed or a.shard is not None:
-                raise ConfigError("--top-up runs alone, in one process: drop --force, --retry-failed and --shard")
+                parser.error("--top-up runs alone, in one process: drop --force, --retry-failed and --shard")
             return top_up(cfg, a.round)
         return generate(
             cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
