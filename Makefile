@@ -22,6 +22,7 @@ help:
 	@echo "make test                 run the test suite (CPU, offline)"
 	@echo "make round ROUND=n        generate, score, select and sft for round n (EXP=, K=, B=, ARGS=, FORCE=1)"
 	@echo "make generate|score|select|sft|status ROUND=n   one stage of round n"
+	@echo "make generate TOP_UP=1 ARGS=generate.max_new_tokens=96   redo only what raised settings need (--top-up)"
 	@echo "make lint                 ruff check + ruff format --check"
 	@echo "make fuzz                 property-based fuzzing of every command's contract for FUZZ_MINUTES (10)"
 	@echo "make rounds N=3           rounds 0..N-1: generate, score, select, sft, eval (resumes; EXP=, K=, B=, ARGS=)"
@@ -72,7 +73,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 
 generate: setup
-	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(SHARD_ARGS)
+	$(VENV)/bin/raft-data generate $(STAGE_ARGS) $(SHARD_ARGS) $(if $(TOP_UP),--top-up)
 
 score: setup
 	$(VENV)/bin/raft-data score $(STAGE_ARGS) $(SHARD_ARGS)

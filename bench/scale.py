@@ -195,6 +195,7 @@ def shard_table(chain: Chain, first_prompt: int, n_prompts: int):
         "answer": pa.nulls(n, pa.string()),
         "level": pa.nulls(n, pa.string()),
         "error": pa.nulls(n, pa.string()),
+        "pass": pa.array(np.zeros(n, np.int32)),
     }
     return pa.table(data, schema=schemas.SAMPLES), pa.table({"prompt_id": ids, "prompt": prompts})
 

@@ -77,6 +77,7 @@ def test_later_passes_sample_only_unsolved_prompts(tmp_path: Path) -> None:
                 "answer": [{"a": "3", "b": "4", "c": "5"}[p] for p, _ in part],
                 "level": [None] * 3,
                 "error": [None] * 3,
+                "pass": [0] * 3,
             },
             schema=schemas.SAMPLES,
         )

@@ -3,6 +3,7 @@
 Run as:
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 generate.n_samples=8
     raft-data generate --config pipelines/imdb_positive.yaml --round 0 --shard 2 --num-shards 4   # one shard
+    raft-data generate --config pipelines/imdb_positive.yaml --round 0 --top-up generate.max_new_tokens=96
     raft-data score    --config pipelines/imdb_positive.yaml --round 0
     raft-data score    --config pipelines/imdb_positive.yaml --round 0 executor.kind=slurm     # an array job
     raft-data select   --config pipelines/imdb_positive.yaml --round 0 select.strategy=top_n_per_prompt select.n=2
@@ -20,6 +21,7 @@ from raft_data.stages.evaluate import evaluate
 from raft_data.stages.generate import generate
 from raft_data.stages.score import score
 from raft_data.stages.select import select
+from raft_data.stages.top_up import top_up
 from raft_data.tools.compare_scores import compare_scores, format_comparison
 
 
@@ -49,13 +51,23 @@ def generate_command(argv: list[str] | None = None) -> None:
         "executor.kind=ray|slurm runs the shards there; ray_data sends their rows through Ray Data replicas.",
     )
     add_retry_arg(add_shard_args(add_stage_args(parser), "generate.n_shards"))
-    run_stage(
-        parser,
-        argv,
-        lambda cfg, a: generate(
-            cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
-        ),
+    parser.add_argument(
+        "--top-up",
+        action="store_true",
+        help="on a finished stage, redo only what higher generate.max_new_tokens or n_samples, or changed "
+        "generate.stop, need (truncated or failed samples, new sample indices) as a new pass; the other rows are kept",
     )
+
+    def run(cfg, a):
+        if a.top_up:
+            if a.force or a.retry_failed or a.shard is not None:
+                parser.error("--top-up runs alone, in one process: drop --force, --retry-failed and --shard")
+            return top_up(cfg, a.round)
+        return generate(
+            cfg, a.round, force=a.force, shard=a.shard, num_shards=a.num_shards, retry_failed=a.retry_failed
+        )
+
+    run_stage(parser, argv, run)
 
 
 def score_command(argv: list[str] | None = None) -> None:

@@ -19,6 +19,7 @@ shards (docs/scaling.md).
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from raft_data.config import Config, config_hash, derived_seed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts
 from raft_data.data.sources import Source, candidates, file_hash, load_source
-from raft_data.errors import ConfigError, UserError
+from raft_data.errors import ConfigError, StageError, UserError
 from raft_data.models.loading import load_tokenizer, resolve_device
 from raft_data.rewards.checkers import checker_reward
 from raft_data.storage import schemas
@@ -96,17 +97,8 @@ def generate(
     for source in sources:  # bad rows stop the stage here, before any shard is written
         for pid, text in zip(prompts["prompt_id"].to_pylist(), prompts["prompt"].to_pylist(), strict=True):
             candidates(source, pid, text)
-    stage_cfg = {
-        "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
-        "model": cfg.model.__dict__,
-        "prompts": cfg.prompts.__dict__,
-        # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
-        "prompts_drawn": config_hash(prompts.to_pydict()),
-        "generate": cfg.generate.__dict__,
-        "round": round_idx,
-    }
-    if cfg.generate.extra_sources:  # a changed file is a changed config: its rows must not mix with the old ones
-        stage_cfg["extra_source_files"] = {s["name"]: file_hash(s["path"]) for s in cfg.generate.extra_sources}
+    stage_cfg = stage_config(cfg, round_idx, prompts)
+    refuse_other_settings(folder, stage_cfg, round_idx, force)
     prompts_path = rdir / "prompts.parquet"
 
     def write_prompts(run: storage.StageRun) -> None:
@@ -139,7 +131,16 @@ def generate(
                 "generate",
                 rdir,
                 total,
-                lambda: finish(run, prompts_path, prompts, formatted, generator, cfg, round_idx),
+                lambda: finish(
+                    run,
+                    prompts_path,
+                    prompts.num_rows,
+                    formatted.chat_template,
+                    formatted.report(cfg.generate.long_prompts),
+                    generator,
+                    cfg,
+                    round_idx,
+                ),
             )
 
         if shard is None and cfg.executor.kind == "ray_data":
@@ -168,6 +169,7 @@ def generate(
                 again = sample_each([texts_by_id[p] for p in ids], sample, seed, cfg.generate.n_samples)
                 fresh = {p: comps for p, comps in zip(ids, again, strict=True)}
                 rows = table.to_pydict()
+                rows.setdefault("pass", [0] * table.num_rows)  # a shard written before the column
                 for i in positions:
                     c = fresh[rows["prompt_id"][i]][rows["sample_idx"][i] % cfg.generate.n_samples]
                     rows["completion"][i], rows["n_tokens"][i], rows["truncated"][i] = c.text, c.n_tokens, c.truncated
@@ -213,6 +215,112 @@ def generate(
             )
 
         return complete()
+
+
+def stage_config(cfg: Config, round_idx: int, prompts: pa.Table) -> dict[str, Any]:
+    """What the stage's config hash covers: everything that decides which samples it holds."""
+    stage_cfg = {
+        "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
+        "model": cfg.model.__dict__,
+        "prompts": cfg.prompts.__dict__,
+        # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
+        "prompts_drawn": config_hash(prompts.to_pydict()),
+        "generate": cfg.generate.__dict__,
+        "round": round_idx,
+    }
+    if cfg.generate.extra_sources:  # a changed file is a changed config: its rows must not mix with the old ones
+        stage_cfg["extra_source_files"] = {s["name"]: file_hash(s["path"]) for s in cfg.generate.extra_sources}
+    return stage_cfg
+
+
+# What `--top-up` can change on a finished generate stage (docs/rounds.md, stages/top_up.py)
+TOP_UP_FIELDS = ("generate.max_new_tokens", "generate.n_samples", "generate.stop")
+TOP_UP_FILE = ".top-up.json"  # a top-up under way: its pass and settings; removed when its manifest is written
+
+
+def flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as {"a.b": leaf}, the leaves as JSON keeps them (so a manifest's config compares to a new one)."""
+    if not prefix:
+        data = json.loads(json.dumps(data, default=str))
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out |= flat(value, f"{prefix}.{key}" if prefix else key)
+    return out
+
+
+def changed_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The config fields (dotted) whose values differ between two stage configs."""
+    a, b = flat(old), flat(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def top_up_args(fields: list[str], new: dict[str, Any]) -> str:
+    """The `--top-up` overrides that take a stage to the new values of `fields`."""
+    values = flat(new)
+    return " ".join(f"{f}={json.dumps(values[f]) if isinstance(values[f], list) else values[f]}" for f in fields)
+
+
+def refuse_other_settings(folder: Path, stage_cfg: dict[str, Any], round_idx: int, force: bool) -> None:
+    """A finished stage made with other settings, or a top-up under way, is refused here with one line that names
+    the fields that differ and what to do: `--top-up` where only what a top-up can change differs, else --force."""
+    if force:
+        return
+    pending = folder / TOP_UP_FILE
+    if pending.exists():
+        plan = storage.read_json(pending)
+        raise StageError(
+            f"{folder} has an unfinished top-up (pass {plan['pass']}): finish it with `raft-data generate --round "
+            f"{round_idx} --top-up {plan['args']}`, or start this stage over with --force"
+        )
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.exists():
+        return
+    old = storage.read_json(manifest_path)
+    if old.get("config_hash") == config_hash(stage_cfg) or "config" not in old:
+        return
+    why = why_not_top_up(old["config"], stage_cfg)
+    if why is None:
+        fields = changed_fields(old["config"], stage_cfg)
+        values = flat(old["config"])
+        said = ", ".join(f"{f}={json.dumps(values.get(f))}" for f in fields)
+        raise StageError(
+            f"{folder} was made with {said}: to regenerate only what the new settings need, run `raft-data generate "
+            f"--round {round_idx} --top-up {top_up_args(fields, stage_cfg)}` (with your --config), or start this "
+            "stage over with --force"
+        )
+    raise StageError(
+        f"{folder} was made with another config ({why}); to start this stage over and drop its old rows, rerun with "
+        f"--force (and --round {round_idx}), or set a new experiment.name"
+    )
+
+
+def why_not_top_up(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why a stage made with config `old` cannot be topped up to `new`, in a few words; None when it can."""
+    a, b = flat(old), flat(new)
+    fields = changed_fields(old, new)
+    for f in fields:
+        if f not in TOP_UP_FIELDS:
+            return (
+                f"{f} differs: {json.dumps(a.get(f))}, now {json.dumps(b.get(f))}; only "
+                f"{', '.join(TOP_UP_FIELDS)} can be topped up"
+            )
+    for f in ("generate.max_new_tokens", "generate.n_samples"):
+        if f in fields and b[f] < a[f]:
+            return f"{f} is lower: {a[f]}, now {b[f]}; a top-up can only raise it"
+    if fields and a.get("generate.adaptive_target"):
+        return "generate.adaptive_target is set: adaptive sampling's passes cannot be topped up"
+    if "generate.n_samples" in fields and a.get("generate.extra_sources"):
+        return "generate.extra_sources is set: its rows hold the sample indices a higher generate.n_samples needs"
+    return None
+
+
+def pass_settings(generate_section: dict[str, Any]) -> dict[str, Any]:
+    """What a pass of the stage was sampled with, as the manifest's `passes` lists it (a config written before
+    stop strings existed had none)."""
+    g = generate_section
+    return {"max_new_tokens": g["max_new_tokens"], "n_samples": g["n_samples"], "stop": list(g.get("stop") or [])}
 
 
 @dataclass
@@ -421,6 +529,7 @@ def run_shard(
             ("answer", answers[i]),
             ("level", levels[i]),
             ("error", error),
+            ("pass", 0),
         ):
             rows[name].append(value)
 
@@ -463,13 +572,16 @@ def sample_each(texts: list[str], sample, seed: int, n_samples: int) -> list[lis
 def finish(
     run: storage.StageRun,
     prompts_path: Path,
-    prompts: pa.Table,
-    formatted,
+    n_prompts: int,
+    chat_template: Any,
+    long_prompts: Any,
     generator: str,
     cfg: Config,
     round_idx: int,
+    passes: list[dict[str, Any]] | None = None,
 ) -> dict:
-    """Count what all shards hold and write the manifest (last)."""
+    """Count what all shards hold and write the manifest (last). `passes`: the settings of each pass that made the
+    rows (a `--top-up` adds one); by default the first pass alone, with this config's settings."""
     files = storage.shard_files(run.folder)
     table = pa.concat_tables([pq.read_table(f, columns=["source", "truncated"]) for f in files])
     by_source = table.group_by("source").aggregate([("source", "count")]).to_pylist()
@@ -479,9 +591,10 @@ def finish(
         "samples_by_source": {
             row["source"]: row["source_count"] for row in sorted(by_source, key=lambda r: r["source"])
         },
-        "chat_template": formatted.chat_template,
-        "long_prompts": formatted.report(cfg.generate.long_prompts),
+        "chat_template": chat_template,
+        "long_prompts": long_prompts,
         "samples_by_pass": samples_by_pass(run.folder, cfg),
+        "passes": passes or [{"pass": 0, "settings": pass_settings(cfg.generate.__dict__)}],
         "cost": storage.shard_costs(run.folder),
     }
     inputs = {"prompts": str(prompts_path)}
@@ -492,7 +605,7 @@ def finish(
         round_idx,
         inputs=inputs,
         counts={
-            "prompts": prompts.num_rows,
+            "prompts": n_prompts,
             "samples": table.num_rows,
             "truncated": truncated,
             "shards": cfg.generate.n_shards,

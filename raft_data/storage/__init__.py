@@ -62,9 +62,11 @@ from raft_data.storage.shards import (
     finish_when_complete,
     replace_rows,
     retry_failed,
+    rewrite_shards,
     run_shards,
     shard_costs,
     sharded_stage,
+    stage_rewrite,
 )
 
 __all__ = [
@@ -109,6 +111,7 @@ __all__ = [
     "run_elsewhere",
     "replace_rows",
     "retry_failed",
+    "rewrite_shards",
     "run_shards",
     "shard_costs",
     "shard_done",
@@ -119,6 +122,7 @@ __all__ = [
     "stage",
     "stage_folders",
     "stage_lock",
+    "stage_rewrite",
     "stale_reason",
     "tmp_folder",
     "verify_files",

@@ -30,6 +30,9 @@ SAMPLES = pa.schema(
         # why the backend produced no sample for this row after its retries (null: the row is a sample); such rows
         # are never scored, selected or trained on, and `--retry-failed` redoes only them
         pa.field("error", pa.string(), nullable=True),
+        # which pass of the stage made the row: 0 the first, 1, 2, ... each `--top-up` after it (its settings are in
+        # the manifest's `passes`); shards written before this column hold no such column and are all pass 0
+        pa.field("pass", pa.int32(), nullable=True),
     ]
 )
 

@@ -225,6 +225,66 @@ def retry_failed(
     return n_rows
 
 
+@contextlib.contextmanager
+def stage_rewrite(stage: str, rdir: Path, neighbours: list[tuple[Path, str]] | None = None) -> Iterator[None]:
+    """Hold a stage of a round to rewrite its finished shards in place (a top-up): the stage's lock, the stage marked
+    running (neighbours refused) and the setup lock, so no worker of the stage starts meanwhile."""
+    with stage_lock(rdir, stage), running(rdir, stage, neighbours or []), setup_lock(rdir, stage):
+        yield
+
+
+def rewrite_shards(
+    run: StageRun,
+    stage: str,
+    rdir: Path,
+    total: int,
+    redo: Callable[[int, pa.Table], tuple[pa.Table | None, dict[str, Any]]],
+    schema: pa.Schema,
+    tag: dict[str, Any],
+    desc: str,
+    on_gpu: bool = False,
+) -> list[dict[str, Any]]:
+    """Rewrite every finished shard once: `redo(i, table)` returns the new table (None: the file stays as it is) and
+    what it did (`info`). Each shard's marker records `tag` and `info` (under "rewrite"), so a rerun after a kill
+    skips the shards already rewritten and does the others. The info is put in the marker before the file is
+    replaced: a shard whose file was replaced but whose marker still holds the old checksum is only marked. Costs
+    (seconds, tokens) are added to the marker's. Returns each shard's info, in order."""
+    out = []
+    for i in tqdm(range(total), desc=desc, unit="shard"):
+        path = run.folder / shard_name(i, total)
+        marker = read_json(marker_path(path))
+        done = marker.get("rewrite") or {}
+        if {k: done.get(k) for k in tag} == tag and "info" in done:
+            out.append(done["info"])
+            continue
+        pending = marker.get("pending")
+        if pending is not None and {k: pending.get(k) for k in tag} == tag and file_sha256(path) != marker["sha256"]:
+            # killed after the file was replaced: the file is the rewritten one, its info was kept beforehand
+            marker = {**marker, "sha256": file_sha256(path), "rows": pq.read_metadata(path).num_rows}
+            info, cost = pending["info"], {}
+        else:
+            wall, cpu = time.time(), usage_seconds()
+            table, info = redo(i, pq.read_table(path))
+            cost = {"wall_s": round(time.time() - wall, 3), "cpu_s": round(usage_seconds() - cpu, 3)}
+            cost |= {k: v for k, v in info.items() if k.endswith("_tokens")}
+            if on_gpu:
+                cost["gpu_s"] = cost["wall_s"]
+            if table is not None:
+                info = {**info, "failed_rows": check_failures(table, stage, path, 1.0)}
+                write_json({**marker, "pending": {**tag, "info": info}}, marker_path(path))
+                write_parquet(table, path, schema)
+                marker = {**marker, "sha256": file_sha256(path), "rows": table.num_rows}
+        old = marker.get("cost") or {}
+        merged = {k: round(old.get(k, 0) + v, 3) for k, v in cost.items()}
+        if "failed_rows" in info:  # what the rows hold now, not a sum
+            merged["failed_rows"] = info["failed_rows"]
+        marker = {k: v for k, v in marker.items() if k != "pending"}
+        rewrite = {**tag, "info": info, "cost": cost}  # what this rewrite cost alone (`cost` holds the sums)
+        write_json({**marker, "cost": {**old, **merged}, "rewrite": rewrite}, marker_path(path))
+        out.append(info)
+    return out
+
+
 def replace_rows(table: pa.Table, positions: list[int], new: pa.Table) -> pa.Table:
     """`table` with its rows at `positions` replaced by the rows of `new`, in order (same columns)."""
     data = table.to_pydict()
