@@ -70,6 +70,7 @@ def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int, seed: int =
 
     from raft_data import storage
     from raft_data.storage import schemas
+    from raft_data.storage.manifests import identity
 
     cfg = bench_config(workdir, k)
     rdir = storage.round_dir(cfg, 0)
@@ -104,15 +105,25 @@ def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int, seed: int =
             (rdir / "scores", scores, schemas.scores_schema(["vader"])),
         ):
             folder.mkdir(parents=True, exist_ok=True)
+            # the columns a bench round does not need (gold answers, levels, errors) are null, as generate leaves them
+            data = {f.name: data[f.name] if f.name in data else pa.nulls(n, f.type) for f in schema}
             pq.write_table(pa.table(data, schema=schema), folder / name)
+            storage.mark_done(folder / name, n)
+    inputs = {"model": {"path": "unused", "identity": "base:unused"}}
     for stage, folder in (("generate", "samples"), ("score", "scores")):
+        files = storage.inventory(rdir / folder)
         manifest = {
             "stage": stage,
             "round": 0,
             "config_hash": f"bench-{stage}",
             "config": {"score": {"reward": "vader"}},
+            "inputs": inputs,
+            "counts": {"rows": n_prompts * k},
+            "files": files,
+            "identity": identity(files),
         }
-        storage.write_json(manifest | {"counts": {"rows": n_prompts * k}}, rdir / folder / "manifest.json")
+        storage.write_json(manifest, rdir / folder / "manifest.json")
+        inputs = {"samples": storage.input_ref(rdir / folder, manifest)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
