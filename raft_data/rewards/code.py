@@ -16,10 +16,11 @@ The gold answer (prompts.answer_column) holds the tests, in one of two forms:
       function `entry_point` when given; `prefix` is code put before the completion (a HumanEval prompt: imports, a
       function's signature and docstring), so that a completion that continues the function is a program
 
-The program: with a prefix, prefix + completion, unless the completion holds a fenced code block, then prefix +
-that block (a block that defines the whole function replaces the prefix's); without one, the first ```python
-block, else the first fenced block, else the whole completion. A program that does not compile, raises, times out
-or breaks a limit scores 0.
+The program: with a prefix, prefix + the completion's indented lines up to the first line that is not (the
+function's body; a stop string such as `\\ndef ` kept at its end is cut off), unless the completion holds a fenced
+code block or starts unindented: then prefix + the code (a block that defines the whole function replaces the
+prefix's). Without a prefix: the first ```python block, else the first fenced block, else the whole completion.
+A program that does not compile, raises, times out or breaks a limit scores 0.
 """
 
 from __future__ import annotations
@@ -77,13 +78,25 @@ def parse_tests(answer: str | None) -> dict:
             "prefix": spec.get("prefix") or ""}  # fmt: skip
 
 
+def continuation(completion: str) -> str | None:
+    """The body a completion adds to a prefix that ends inside a function: its lines up to the first one that is
+    not indented (`def` of the next function, `print(...)`, a stop string kept in the text); None when it does not
+    start indented (it is a whole program, not a continuation)."""
+    lines = completion.split("\n")
+    body = False
+    for i, line in enumerate(lines):
+        if line.strip() and not line[0].isspace():
+            return "\n".join(lines[:i]) + "\n" if body else None
+        body = body or bool(line.strip())
+    return completion
+
+
 def program_of(completion: str, prefix: str = "") -> str:
     """The program a completion stands for (see the module docstring)."""
     if not prefix:
         return extract_code(completion)
-    if FENCE.search(completion):
-        return prefix + "\n" + extract_code(completion)
-    return prefix + completion
+    body = None if FENCE.search(completion) else continuation(completion)
+    return prefix + body if body is not None else prefix + "\n" + extract_code(completion)
 
 
 def limits_of(cfg: ScoreConfig) -> Limits:

@@ -151,11 +151,12 @@ def score(
                 "policy_chat_template": policy_template(cfg, round_idx),
                 "cost": storage.shard_costs(folder),
             }
-            if "correct" in names:
-                extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
-            elif "code_pass" in names:  # a program passes when all its tests do
-                metrics = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples, "code_pass")
+            code = next((c.name for c in components if c.info.get("ref") == "code_pass"), None)
+            if code is not None:  # a program passes when all its tests do
+                metrics = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples, code)
                 extra["pass_at_k"] = without_majority(metrics)
+            elif "correct" in names:
+                extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
             if kl:
                 extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
             counts = {"scores": n_rows, "shards": total, **storage.failed_count(extra["cost"])}
@@ -351,7 +352,7 @@ def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, e
 def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int, column: str = "correct") -> dict:
     """pass@k, maj@k and mixed outcomes of the round's own samples (the policy's first n_samples per prompt: later
     passes of adaptive sampling depend on the first one's outcome), by level too: a sample passes when its
-    `column` reward (`correct`, or `code_pass`) is 1."""
+    `column` reward (`correct`, or the `code_pass` component's) is 1."""
     rows = []
     for src in storage.shard_files(samples_dir):
         names = pq.read_schema(src).names
