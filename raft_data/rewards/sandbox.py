@@ -101,18 +101,17 @@ UNSHARE = [
 
 @functools.cache
 def isolation() -> str:
-    """`namespaces` when `unshare` can give the child new user, network, PID and mount namespaces here, else
-    `hooks` (resource limits and audit hooks only)."""
+    """`namespaces` when `unshare` can give the child new user, network, PID and mount namespaces here and a test
+    program passes in them, else `hooks` (resource limits and audit hooks only)."""
     if shutil.which("unshare") is None or not sys.platform.startswith("linux"):
         return "hooks"
     try:
-        done = subprocess.run([*UNSHARE, _python(), "-I", "-S", "-c", "pass"], capture_output=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return "hooks"
-    if done.returncode != 0:
-        log.warning("sandbox: unshare is refused here (%s); code runs with limits and audit hooks only", done.stderr)
-        return "hooks"
-    return "namespaces"
+        works = _run_in("namespaces", "ok = 1\n", ["assert ok == 1"], None, "", Limits(timeout=30)).all_passed
+    except OSError:
+        works = False
+    if not works:
+        log.warning("sandbox: namespaces are refused here; code runs with resource limits and audit hooks only")
+    return "namespaces" if works else "hooks"
 
 
 def _hidden() -> list[str]:
@@ -136,7 +135,10 @@ def run_code(
 ) -> Outcome:
     """Run `program`, then `setup`, then each test (Python source; `candidate` names the entry point when given)
     in a fresh sandbox; how many tests passed. Never raises for anything the program does."""
-    limits = limits or Limits()
+    return _run_in(isolation(), program, tests, entry_point, setup, limits or Limits())
+
+
+def _run_in(mode: str, program: str, tests: list[str], entry_point: str | None, setup: str, limits: Limits) -> Outcome:
     nonce = secrets.token_hex(8)
     workdir = tempfile.mkdtemp(prefix="raft-sandbox-")
     try:
@@ -153,7 +155,7 @@ def run_code(
         }
         Path(workdir, "limits.json").write_text(json.dumps(child_limits), encoding="utf-8")
         shutil.copyfile(CHILD, Path(workdir, "_child.py"))
-        if isolation() == "namespaces":
+        if mode == "namespaces":
             argv = [*UNSHARE, _python(), "-I", "-S", "_child.py", "mount", workdir, "limits.json"]
         else:
             argv = [_python(), "-I", "-S", "_child.py", "run", workdir, "limits.json"]

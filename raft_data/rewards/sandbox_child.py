@@ -46,8 +46,8 @@ def mount_stage(workdir: str, limits: dict) -> None:
         os._exit(3)
     # folders the program must not read: empty, read-only tmpfs mounts over them
     for path in limits.get("hide", []):
-        if os.path.isdir(path):
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=755")
+        if os.path.isdir(path) and not mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k"):
+            os._exit(3)  # fail closed: the program never runs with the folder in sight
     # every other mount read-only (a remount keeps the flags a user namespace may not clear)
     with open("/proc/self/mountinfo") as f:
         entries = [line.split() for line in f]
