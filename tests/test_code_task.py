@@ -85,6 +85,7 @@ def problems() -> list[dict]:
 def test_humaneval_problems_and_their_split(problems: list[dict], tmp_path: Path) -> None:
     assert len(problems) == 164 and len({p["id"] for p in problems}) == 164
     assert {p["level"] for p in problems} == {"one_line", "short", "long"}
+    assert all(p["prompt"].strip("\n") in p["instruction"] and "```python" in p["instruction"] for p in problems)
     path = tmp_path / "humaneval.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in problems))
     cfg = load_config(ROOT / "pipelines" / "code_humaneval.yaml", [f"prompts.path={path}"])

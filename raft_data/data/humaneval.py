@@ -5,6 +5,7 @@ this reads that file (and nothing else of the package: its own execution module 
 problem:
     id      the task id, `HumanEval/0`
     prompt  the function's signature and docstring, as the model continues it
+    instruction  the same as a request to a chat model: complete this function, in a ```python block
     answer  the tests as the `code_pass` reward reads them (raft_data/rewards/code.py): a JSON object with the
             problem's prompt as `prefix` (so prompt + completion is the program), its `entry_point`, the test
             module's other code as `setup`, and one test per assert statement of its `check(candidate)` (with the
@@ -30,6 +31,10 @@ from raft_data.data.prompts import is_heldout
 from raft_data.errors import ConfigError, DataError
 from raft_data.storage import write_text
 
+# the prompt as a request, for a chat model that answers with a code block (generate.chat_template: true)
+INSTRUCTION = (
+    "Complete this Python function. Write the whole function in one ```python code block.\n\n```python\n{prompt}\n```"
+)
 HELDOUT_FRACTION = 0.25  # pipelines/code_humaneval.yaml's prompts.heldout_fraction
 LEVELS = ("one_line", "short", "long")
 
@@ -85,7 +90,9 @@ def humaneval_problems(source: Path | None = None) -> list[dict]:
             setup, tests = split_tests(problem["test"], where)
             answer = {"tests": tests, "entry_point": problem["entry_point"], "setup": setup,
                       "prefix": problem["prompt"]}  # fmt: skip
-            rows.append({"id": problem["task_id"], "prompt": problem["prompt"], "answer": json.dumps(answer),
+            rows.append({"id": problem["task_id"], "prompt": problem["prompt"],
+                         "instruction": INSTRUCTION.format(prompt=problem["prompt"].strip("\n")),
+                         "answer": json.dumps(answer),
                          "level": level_of(problem["canonical_solution"]),
                          "reference_solution": problem["canonical_solution"]})  # fmt: skip
     held = is_heldout([r["id"] for r in rows], HELDOUT_FRACTION)
