@@ -142,3 +142,15 @@ def test_code_rewards_through_generate_and_score(tmp_path: Path, tiny_model_dir:
     assert scores["reward"].to_pylist() == scores["code_pass"].to_pylist()
     assert manifest["pass_at_k"]["prompts"] == 4 and "pass@2" in manifest["pass_at_k"]
     assert not any(k.startswith("maj@") for k in manifest["pass_at_k"])
+
+
+def test_heldout_pass_at_k_of_programs() -> None:
+    from raft_data.stages.evaluate import heldout_pass_metrics
+
+    cfg = load_config(ROOT / "pipelines" / "code_humaneval.yaml", ["score.code_timeout=2.0"])
+    answer = json.dumps({"tests": ["assert candidate() == 1"], "entry_point": "f"})
+    right, wrong = "```python\ndef f():\n    return 1\n```", "```python\ndef f():\n    return 2\n```"
+    rows = {"completion": [right, wrong, wrong, "not code"], "prompt_id": ["a", "a", "b", "b"]}
+    metrics = heldout_pass_metrics(cfg, rows, [0, 1, 2, 3], {"a": answer, "b": answer}, {})
+    assert (metrics["pass@1"], metrics["pass@2"], metrics["mixed"]) == (0.25, 0.5, 0.5)
+    assert not any(k.startswith("maj@") for k in metrics)
