@@ -33,10 +33,11 @@ help:
 	@echo "make baseline N=3         the same rounds with random_per_prompt selection (<experiment>_random)"
 	@echo "make ablation             K in {1,2,4,8}, each its own experiment, compared in runs/<experiment>_ablation_k/"
 	@echo "make sweep                the variants of GRID=, each its own experiment; reward-drift frontier page (resumes)"
+	@echo "make humaneval            write assets/humaneval.jsonl (the code task: EXP=pipelines/code_humaneval.yaml)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm,track]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm,track,code]"
 	touch $@
 
 assets/.ready: $(VENV)/.installed raft_data/tools/assets.py
@@ -233,6 +234,11 @@ distill: setup
 
 bench-score: setup
 	$(PY) -m bench.score
+
+# The code task's prompts file: the HumanEval problems with their tests (make setup writes it too).
+.PHONY: humaneval
+humaneval: $(VENV)/.installed
+	$(VENV)/bin/raft-data humaneval --out assets/humaneval.jsonl
 
 # Adaptive against uniform sampling on the arithmetic task (samples generated, correct samples accepted).
 .PHONY: bench-adaptive

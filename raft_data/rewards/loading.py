@@ -18,6 +18,7 @@ from raft_data.config import ScoreConfig, judge_config, reward_component_name
 from raft_data.errors import ConfigError, DataError, shown
 from raft_data.rewards.builtin import BUILTIN, RewardFn
 from raft_data.rewards.checkers import CHECKERS, checker_reward
+from raft_data.rewards.code import CODE_CHECKERS, code_reward
 from raft_data.rewards.hf import hf_reward
 from raft_data.rewards.judge import judge_reward
 
@@ -38,9 +39,11 @@ def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardF
         return name, BUILTIN[name]
     if name in CHECKERS:
         return name, checker_reward(name, cfg or ScoreConfig())
+    if name in CODE_CHECKERS:  # code run with its tests in the sandbox
+        return name, code_reward(name, cfg or ScoreConfig())
     ref = REWARD_REF.fullmatch(name)
     if ref is None:
-        known = ", ".join([*BUILTIN, *CHECKERS])
+        known = ", ".join([*BUILTIN, *CHECKERS, *CODE_CHECKERS])
         raise ConfigError(
             f"score.reward={shown(name)} is unknown: use one of {known} or an importable module:function "
             "(a dotted module path of Python names, not a file path)"

@@ -69,6 +69,7 @@ from raft_data.models.logprobs import (
     sequence_logprobs,
 )
 from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
+from raft_data.rewards.code import code_reward, without_majority
 from raft_data.rewards.loading import configured_reward, load_reward, reward_values
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
@@ -371,24 +372,34 @@ def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -
     return outs
 
 
-def uses_checker(cfg: Config) -> bool:
-    """The reward has a `correct` component: held-out pass@k is measured too."""
+def pass_checker(cfg: Config) -> str | None:
+    """The reward's component that says pass or fail (`correct`, else `code_pass`), if any."""
     reward = cfg.score.reward
-    return reward == "correct" or (isinstance(reward, list) and any(c.get("ref") == "correct" for c in reward))
+    refs = [reward] if isinstance(reward, str) else [c.get("ref") for c in reward]
+    return next((name for name in ("correct", "code_pass") if name in refs), None)
+
+
+def uses_checker(cfg: Config) -> bool:
+    """The reward has a `correct` or `code_pass` component: held-out pass@k is measured too."""
+    return pass_checker(cfg) is not None
 
 
 def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict) -> dict:
-    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker), by level."""
+    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker), by level;
+    with `code_pass`, pass@k and mixed outcomes of the programs."""
     completions = [rows["completion"][i] for i in sampled]
     ids = [rows["prompt_id"][i] for i in sampled]
-    flags = checker_reward("correct", cfg.score)([], completions, [gold[p] for p in ids])
-    found = [extractor(cfg.score)(c) for c in completions]
-    return pass_metrics(
+    code = pass_checker(cfg) == "code_pass"
+    check = code_reward("code_pass", cfg.score) if code else checker_reward("correct", cfg.score)
+    flags = check([], completions, [gold[p] for p in ids])
+    found = [None if code else extractor(cfg.score)(c) for c in completions]
+    metrics = pass_metrics(
         [
             {"prompt_id": p, "level": levels.get(p), "correct": ok == 1.0, "extracted": e}
             for p, ok, e in zip(ids, flags, found, strict=True)
         ]
     )
+    return without_majority(metrics) if code else metrics
 
 
 def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict[str, Any]:

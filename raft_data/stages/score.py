@@ -30,6 +30,7 @@ from raft_data.errors import ConfigError, DataError, UserError
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import ended_on_eos, load_logprob_fn
 from raft_data.rewards.checkers import extractor, pass_metrics
+from raft_data.rewards.code import without_majority
 from raft_data.rewards.loading import combine, load_components, reward_values
 from raft_data.storage import schemas
 
@@ -159,7 +160,11 @@ def score(
                 "policy_chat_template": policy_template(cfg, round_idx),
                 "cost": storage.shard_costs(folder),
             }
-            if "correct" in names:
+            code = next((c.name for c in components if c.info.get("ref") == "code_pass"), None)
+            if code is not None:  # a program passes when all its tests do
+                metrics = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples, code)
+                extra["pass_at_k"] = without_majority(metrics)
+            elif "correct" in names:
                 extra["pass_at_k"] = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples)
             if kl:
                 extra["kl"] = {"beta": cfg.score.beta, "generator": generator_path, "ref_model": ref_path}
@@ -366,22 +371,22 @@ def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, e
     return table.append_column("error", pa.array(errors, pa.string()))
 
 
-def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int) -> dict:
+def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int, column: str = "correct") -> dict:
     """pass@k, maj@k and mixed outcomes of the round's own samples (the policy's first n_samples per prompt: later
     passes of adaptive sampling depend on the first one's outcome), by level too: a sample passes when its
-    `correct` reward is 1."""
+    `column` reward (`correct`, or the `code_pass` component's) is 1."""
     rows = []
     for src in storage.shard_files(samples_dir):
         names = pq.read_schema(src).names
         samples = pq.read_table(src, columns=[c for c in ("prompt_id", "sample_idx", "source", "level") if c in names])
-        scores = pq.read_table(scores_dir / src.name, columns=["correct", "extracted"])
+        scores = pq.read_table(scores_dir / src.name, columns=[column, "extracted"])
         levels = samples["level"].to_pylist() if "level" in names else [None] * samples.num_rows
         for pid, idx, source, level, ok, found in zip(
             samples["prompt_id"].to_pylist(),
             samples["sample_idx"].to_pylist(),
             samples["source"].to_pylist(),
             levels,
-            scores["correct"].to_pylist(),
+            scores[column].to_pylist(),
             scores["extracted"].to_pylist(),
             strict=True,
         ):

