@@ -86,6 +86,17 @@ def sweep_command(argv: list[str] | None = None) -> None:
     run_stage(parser, argv, run)
 
 
+def count(text: str) -> int:
+    """An option that counts something: an integer in [1, 4096]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected an integer in [1, 4096]")
+    return value
+
+
 def preview_command(argv: list[str] | None = None) -> None:
     parser = Parser(
         prog="raft-data preview",
@@ -94,17 +105,13 @@ def preview_command(argv: list[str] | None = None) -> None:
         "experiment's own rounds are never read or written. Config overrides apply as for every command.",
     )
     add_config_args(parser, round_arg=False)
-    parser.add_argument("--prompts", type=int, default=4, help="prompts of the round, b (default 4)")
-    parser.add_argument("--samples", type=int, default=2, help="samples per prompt, K (default 2)")
-    parser.add_argument("--show", type=int, default=2, help="prompts whose samples are printed (default 2)")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="tokens per sample (default: the config's)")
+    parser.add_argument("--prompts", type=count, default=4, help="prompts of the round, b (default 4)")
+    parser.add_argument("--samples", type=count, default=2, help="samples per prompt, K (default 2)")
+    parser.add_argument("--show", type=count, default=2, help="prompts whose samples are printed (default 2)")
+    parser.add_argument("--max-new-tokens", type=count, default=None, help="tokens per sample (default: the config's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
 
     def run(cfg: Config, args: argparse.Namespace) -> None:
-        for name in ("prompts", "samples", "show", "max_new_tokens"):
-            value = getattr(args, name)
-            if value is not None and not 1 <= value <= 4096:
-                parser.error(f"--{name.replace('_', '-')}={value} is invalid: expected an integer in [1, 4096]")
         preview(cfg, train, args.prompts, args.samples, args.show, args.max_new_tokens, args.keep)
 
     run_stage(parser, argv, run)

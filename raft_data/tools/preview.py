@@ -177,10 +177,9 @@ def preview(
             print(f"\n[eval] on {small.eval.n_prompts} held-out prompts ({times['eval']:.1f}s, the base model's too)")
             print(f"  base model:    {format_metrics(base)}")
             print(f"  after 1 step:  {format_metrics(evaluated['metrics'])}")
-        print(
-            f"\npreview took {time.perf_counter() - start:.1f}s: "
-            + ", ".join(f"{k} {v:.1f}s" for k, v in times.items())
-        )
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in times.items())
+        wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        print(f"\npreview took {wall:.1f}s ({cpu:.1f}s of CPU time, all threads): {stages}")
     finally:
         if not keep:
             shutil.rmtree(scratch, ignore_errors=True)
