@@ -45,7 +45,7 @@ def test_preview_prints_every_stage_and_leaves_the_experiment_alone(
     assert re.search(r"guards dropped: duplicate \d+, contaminated \d+", out)
     assert "contamination: " in out and "heldout prompts" in out
     assert re.search(r"rank 1 +reward +-?\d\.\d{4} +s\d +(kept|dropped by)", out)
-    assert "base model:" in out and "after 1 step:" in out
+    assert re.search(r"\[eval\] the round's model on \d held-out prompts .*\n  held-out reward ", out)
     scratch = Path(re.search(r"; in (\S+) \(removed afterwards\)", out).group(1))
     assert not scratch.exists()  # removed
     assert tree(real) == before  # the experiment's own rounds: not read, not written

@@ -7,7 +7,8 @@ Run as:
     raft-data preview --config pipelines/imdb_positive.yaml --keep     # keep the scratch folder and say where
 
 The real stage functions run on a shrunk copy of the config: b and K from `--prompts` / `--samples`, one shard, the
-held-out eval on as many prompts with one sample each beside the greedy one, and SFT for one step (`sft.max_steps`);
+held-out eval of the round's model (not the base model's baseline) on as many prompts with one sample each beside the
+greedy one, and SFT for one step (`sft.max_steps`);
 everything else (model, reward, strategy, guards, your overrides) as the experiment says. The rounds go to a new
 temporary folder, removed at the end unless `--keep`: the experiment's own `<output_root>/<name>/` is never read
 or written.
@@ -30,13 +31,19 @@ from raft_data import storage
 from raft_data.config import Config
 from raft_data.data.decontam import guard_texts
 from raft_data.selection.engine import round_connection, run_query, select_params, view_sql
-from raft_data.stages.evaluate import evaluate, format_metrics
+from raft_data.stages.evaluate import evaluate_model, format_metrics
 from raft_data.stages.generate import generate
 from raft_data.stages.score import score
 from raft_data.stages.select import decontam_line, empty_selection, select
 
 TrainFn = Callable[[Config, int], dict]  # the SFT stage, handed in by the command line (as for rounds)
 WIDTH = 72  # characters of a prompt or completion shown
+
+
+def tail(text: str, width: int = WIDTH) -> str:
+    """The end of a prompt, white space collapsed: a chat template puts the question last."""
+    text = " ".join(text.split())
+    return text if len(text) <= width else "[...] " + text[-(width - 6) :]
 
 
 def preview_config(cfg: Config, scratch: Path, n_prompts: int, n_samples: int, max_new_tokens: int | None) -> Config:
@@ -82,7 +89,7 @@ def sample_lines(cfg: Config, n_show: int) -> list[str]:
     for pid, prompt, idx, completion, n_tokens, truncated, reward in rows:
         if pid != current:
             current = pid
-            lines.append(f"  prompt {pid}: {shorten(prompt, WIDTH)!r}")
+            lines.append(f"  prompt {pid}: {tail(prompt)!r}")
         cut = " cut" if truncated else ""
         shown = "-" if reward is None else f"{reward:.4f}"
         lines.append(f"    s{idx}  reward {shown:>8s}  {n_tokens:3d} tokens{cut:4s} {shorten(completion, WIDTH)!r}")
@@ -100,17 +107,17 @@ def selection_lines(cfg: Config, n_show: int) -> list[str]:
     for row in sorted(table.to_pylist(), key=lambda r: (r["prompt_id"], -(r["rank_key"] or 0), r["sample_idx"])):
         if row["prompt_id"] != current:
             current, rank = row["prompt_id"], 0
-            lines.append(f"  prompt {current}: {shorten(row['prompt'], WIDTH)!r}")
+            lines.append(f"  prompt {current}: {tail(row['prompt'])!r}")
         rank += 1
         if row["kept"]:
             why = "kept"
         elif row["dropped_by"]:
             why = f"dropped by {row['dropped_by']}"
         else:
-            why = "not kept (ranked below)"
+            why = f"not kept by {cfg.select.strategy}"
         text = shorten(row["completion"], WIDTH - 12)
         lines.append(
-            f"    rank {rank}  {cfg.select.rank_by} {row['rank_key']:8.4f}  s{row['sample_idx']}  {why:24s} {text!r}"
+            f"    rank {rank}  {cfg.select.rank_by} {row['rank_key']:8.4f}  s{row['sample_idx']}  {why:30s} {text!r}"
         )
     return lines
 
@@ -137,10 +144,12 @@ def preview(
     start_cpu = time.process_time()
     times: dict[str, float] = {}
 
+    cpu_times: dict[str, float] = {}
+
     def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = quiet(fn, *args)
-        times[name] = time.perf_counter() - t
+        times[name], cpu_times[name] = time.perf_counter() - t, time.process_time() - c
         return out
 
     try:
@@ -172,12 +181,10 @@ def preview(
                 f"\n[sft] one step on {trained['counts']['examples']} selected samples: loss "
                 f"{trained['train_loss']:.4f} ({times['sft']:.1f}s)"
             )
-            evaluated = timed("eval", evaluate, small, 0)
-            base = storage.read_json(storage.baseline_dir(small) / "manifest.json")["metrics"]
-            print(f"\n[eval] on {small.eval.n_prompts} held-out prompts ({times['eval']:.1f}s, the base model's too)")
-            print(f"  base model:    {format_metrics(base)}")
-            print(f"  after 1 step:  {format_metrics(evaluated['metrics'])}")
-        stages = ", ".join(f"{k} {v:.1f}s" for k, v in times.items())
+            evaluated = timed("eval", evaluate_model, small, 0)  # the round's model only, not the baseline
+            print(f"\n[eval] the round's model on {small.eval.n_prompts} held-out prompts ({times['eval']:.1f}s)")
+            print(f"  {format_metrics(evaluated['metrics'])}")
+        stages = ", ".join(f"{k} {v:.1f}s (CPU {cpu_times[k]:.1f}s)" for k, v in times.items())
         wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
         print(f"\npreview took {wall:.1f}s ({cpu:.1f}s of CPU time, all threads): {stages}")
     finally:
