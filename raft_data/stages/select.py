@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import sys
 
+import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from raft_data import storage
@@ -141,7 +143,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         return manifest
 
 
-def decontam_config(cfg: Config, texts) -> dict:
+def decontam_config(cfg: Config, texts: pa.Table | None) -> dict:
     """What the decontamination guards add to the select stage's config hash: their settings, their SQL, and a digest
     of the evaluation texts (an edited evaluation file makes the selection stale)."""
     out = {"settings": dict(cfg.decontam.__dict__), "sql": {name: decontam_sql(name) for name in ("guards", "stats")}}
@@ -150,7 +152,9 @@ def decontam_config(cfg: Config, texts) -> dict:
     return out
 
 
-def decontam_summary(con, cfg: Config, round_idx: int, texts, dropped: dict[str, int]) -> dict:
+def decontam_summary(
+    con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int, texts: pa.Table | None, dropped: dict[str, int]
+) -> dict:
     """The manifest's `decontamination` field: what was checked against what, what was found, what was dropped."""
     d = cfg.decontam
     out: dict = {}
@@ -159,7 +163,7 @@ def decontam_summary(con, cfg: Config, round_idx: int, texts, dropped: dict[str,
         out |= {
             "n": d.n,
             "eval_files": eval_sources(cfg),
-            "eval_texts": texts.num_rows,
+            "eval_texts": texts.num_rows if texts is not None else 0,
             "eval_ngrams": stats["eval_ngrams"],
             "checked_rows": stats["checked_rows"],
             "contaminated_rows": stats["contaminated_rows"],
