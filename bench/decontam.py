@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.select import WORDS, bench_config, make_round
+from bench.select import WORDS, bench_config, words
 
 VARIANTS = {
     "guards off": {},
@@ -31,6 +31,52 @@ VARIANTS = {
     "near_duplicate": {"drop_near_duplicates": True},
     "both": {"drop_contaminated": True, "drop_near_duplicates": True},
 }
+
+
+def make_round(workdir: Path, n_prompts: int, k: int, n_shards: int = 4, seed: int = 0) -> None:
+    """samples/ and scores/ of round 0 in the stages' schemas, with manifests that list their files."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raft_data import storage
+    from raft_data.storage import schemas
+
+    rdir = storage.round_dir(bench_config(workdir, k), 0)
+    rng = np.random.default_rng(seed)
+    per_shard = -(-n_prompts // n_shards)
+    for s in range(n_shards):
+        lo, hi = s * per_shard, min(n_prompts, (s + 1) * per_shard)
+        n = (hi - lo) * k
+        prompt_idx = pa.array(np.repeat(np.arange(hi - lo), k))
+        prompt_id = pa.array([f"p{i:07d}" for i in range(lo, hi)]).take(prompt_idx)
+        sample_idx = pa.array(np.tile(np.arange(k, dtype=np.int32), hi - lo))
+        samples = {
+            "prompt_id": prompt_id,
+            "sample_idx": sample_idx,
+            "prompt": words(rng, hi - lo, 6).take(prompt_idx),
+            "completion": words(rng, n, 12),
+            "n_tokens": pa.array(rng.integers(1, 48, n, dtype=np.int32)),
+            "truncated": pa.array(rng.random(n) < 0.2),
+            "source": pa.array(["policy"] * n),
+            "generator": pa.array(["bench"] * n),
+            "seed": pa.array(np.zeros(n, dtype=np.int64)),
+            "round": pa.array(np.zeros(n, dtype=np.int32)),
+        }
+        reward = pa.array(np.round(rng.normal(0, 0.5, n), 3))
+        scores = {"prompt_id": prompt_id, "sample_idx": sample_idx, "reward": reward, "vader": reward}
+        for folder, data, schema in (
+            (rdir / "samples", samples, schemas.SAMPLES),
+            (rdir / "scores", scores, schemas.scores_schema(["vader"])),
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+            columns = {f.name: data.get(f.name, pa.nulls(n, f.type)) for f in schema}
+            pq.write_table(pa.table(columns, schema=schema), folder / storage.shard_name(s, n_shards))
+    for stage, folder in (("generate", rdir / "samples"), ("score", rdir / "scores")):
+        files = storage.inventory(folder)
+        manifest = {"stage": stage, "round": 0, "config_hash": f"bench-{stage}", "config": {}, "files": files}
+        manifest |= {"identity": storage.manifests.identity(files), "counts": {"rows": n_prompts * k}}
+        storage.write_json(manifest, folder / "manifest.json")
 
 
 def eval_file(workdir: Path, rdir: Path, n_texts: int = 1000, n_planted: int = 50) -> Path:

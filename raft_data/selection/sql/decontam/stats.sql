@@ -10,13 +10,16 @@ contaminated as (
     select prompt_id from contaminated_rows where round = $round
 ),
 
-prompt_grams as (
-    select prompt_id, unnest(word_ngrams(text_words(prompt), $n)) as gram
-    from (select distinct prompt_id, prompt from round_rows)
+prompt_starts as (
+    select prompt_id, w, unnest(range(1, len(w) - $n + 2)) as i
+    from (select distinct prompt_id, text_words(prompt) as w from round_rows)
+    where w <> ['']
 ),
 
 contaminated_prompts as (
-    select distinct prompt_id from prompt_grams where hash(gram) in (select gram_hash from eval_ngrams)
+    select distinct prompt_id
+    from prompt_starts
+    where hash(array_to_string(w[i:i + $n - 1], ' ')) in (select gram_hash from eval_ngrams)
 ),
 
 final as (
