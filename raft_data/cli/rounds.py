@@ -105,8 +105,12 @@ def preview_command(argv: list[str] | None = None) -> None:
         "experiment's own rounds are never read or written. Config overrides apply as for every command.",
     )
     add_config_args(parser, round_arg=False)
-    parser.add_argument("--prompts", type=count, default=4, help="prompts of the round, b (default 4)")
-    parser.add_argument("--samples", type=count, default=2, help="samples per prompt, K (default 2)")
+    parser.add_argument(
+        "--prompts", type=count, default=4, help="prompts of the round, b (default 4; in place of prompts.n_prompts)"
+    )
+    parser.add_argument(
+        "--samples", type=count, default=2, help="samples per prompt, K (default 2; in place of generate.n_samples)"
+    )
     parser.add_argument("--show", type=count, default=2, help="prompts whose samples are printed (default 2)")
     parser.add_argument("--max-new-tokens", type=count, default=None, help="tokens per sample (default: the config's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
