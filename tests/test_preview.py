@@ -40,7 +40,7 @@ def test_preview_prints_every_stage_and_leaves_the_experiment_alone(
     out = capsys.readouterr().out
 
     sections = ["[generate] 6 samples of 3 prompts", "[score]", "[select] strategy best_per_prompt by reward"]
-    for section in [*sections, "[sft] one step on", "[eval] on", "preview took"]:
+    for section in [*sections, "[sft] one step on", "[eval] the round's model on", "preview took"]:
         assert section in out, section
     assert re.search(r"guards dropped: duplicate \d+, contaminated \d+", out)
     assert "contamination: " in out and "heldout prompts" in out
