@@ -40,7 +40,7 @@ TrainFn = Callable[[Config, int], dict]  # the SFT stage, handed in by the comma
 WIDTH = 72  # characters of a prompt or completion shown
 
 
-def tail(text: str, width: int = WIDTH) -> str:
+def tail(text: str, width: int = WIDTH + 24) -> str:
     """The end of a prompt, white space collapsed: a chat template puts the question last."""
     text = " ".join(text.split())
     return text if len(text) <= width else "[...] " + text[-(width - 6) :]
