@@ -15,9 +15,10 @@ STAGE_ARGS = --config $(EXP) --round $(ROUND) $(if $(FORCE),--force) $(OVERRIDES
 PYTEST_ARGS ?=
 
 .PHONY: setup test fuzz lint format demo generate score select sft round status clean help\
-	rounds eval report baseline ablation track export-data
+	rounds eval report baseline ablation track export-data preview
 
 help:
+	@echo "make preview              a whole round on 4 prompts x K=2 in a temporary folder, each stage shown (EXP=, B=, K=)"
 	@echo "make demo                 run the default experiment (first use: venv, model, prompts)"
 	@echo "make test                 run the test suite (CPU, offline)"
 	@echo "make round ROUND=n        generate, score, select and sft for round n (EXP=, K=, B=, ARGS=, FORCE=1)"
@@ -93,6 +94,10 @@ track: setup
 	@$(VENV)/bin/raft-data track --config $(EXP) --if-configured $(OVERRIDES)
 
 round: generate score select sft status track
+
+# One shrunk round (generate, score, select, one SFT step, eval) in a temporary folder; runs/ is not touched.
+preview: setup
+	$(VENV)/bin/raft-data preview --config $(EXP) $(if $(B),--prompts $(B)) $(if $(K),--samples $(K)) $(ARGS)
 
 demo: setup
 	$(MAKE) --no-print-directory rounds N=3

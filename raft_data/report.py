@@ -31,6 +31,7 @@ from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import StageError
 from raft_data.selection.engine import METRICS_DIR
+from raft_data.stages.select import decontam_line
 from raft_data.storage import baseline_dir, read_eval, round_wall_time
 
 # (column title, metrics key, format) of the per-round table
@@ -380,6 +381,19 @@ def cost_html(cfg: Config, rows: list[dict[str, Any]]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def decontam_html(cfg: Config, rows: list[dict[str, Any]]) -> str:
+    """One line per evaluated round: what the contaminated and near_duplicate guards found and dropped."""
+    lines = []
+    for row in rows:
+        if row["round"] is None:
+            continue
+        manifest = storage.round_dir(cfg, row["round"]) / storage.STAGE_FOLDERS["select"] / "manifest.json"
+        found = storage.read_json(manifest).get("decontamination") if manifest.exists() else None
+        text = decontam_line(found) if found else "not checked (decontam.drop_contaminated is off)"
+        lines.append(f"<li>round {row['label']}: {html.escape(text)}</li>")
+    return f"<ul>{''.join(lines)}</ul>"
+
+
 def _img(name: str, png: bytes) -> str:
     return f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
@@ -460,6 +474,10 @@ ppl ratio is the perplexity of held-out reference text over the base model's.</p
 <p class="muted">Seconds of every stage of the round (summed over the processes that ran its shards), generated
 tokens, and both per selected sample; acceptance is selected / samples (by level where the prompts have levels).</p>
 {cost_html(cfg, rows)}
+<h2>Decontamination</h2>
+<p class="muted">Training rows (prompt + completion) sharing a word n-gram with held-out or listed evaluation text,
+and near-duplicate completions, as the select stage's guards found them (docs/selection.md).</p>
+{decontam_html(cfg, rows)}
 <h2>Reward-hacking flags</h2>
 <p class="muted">A round is flagged when its training reward (all samples or selected) rose while the held-out
 second reward or distinct-2 fell by more than {NOISE_SE:g} standard errors (the two evals' combined), or when its

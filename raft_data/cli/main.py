@@ -18,6 +18,7 @@ Command = Callable[[list[str] | None], None]
 
 # name -> (command, one line of help); the order is the order of `raft-data --help`
 COMMANDS: dict[str, tuple[Command, str]] = {
+    "preview": (rounds.preview_command, "a whole round on a few prompts in a temporary folder, showing each stage"),
     "generate": (stages.generate_command, "sample K completions per prompt into samples/ shards"),
     "score": (stages.score_command, "score every sample with the reward into scores/ shards"),
     "rescore": (stages.rescore_command, "score a round's samples again with another reward into rescores/NAME/"),

@@ -7,6 +7,7 @@ Run as:
     raft-data report --config pipelines/imdb_positive.yaml --compare imdb_positive_k1 imdb_positive_k2 \\
         --out runs/ablation_k
     raft-data sweep --config pipelines/imdb_positive.yaml --grid pipelines/sweeps/imdb_small.yaml
+    raft-data preview --config pipelines/imdb_positive.yaml --prompts 4 --samples 2
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from raft_data.cli.common import Parser, add_config_args, run_stage
 from raft_data.config import Config
 from raft_data.report import collect, compare_experiments, metrics_markdown, write_report
 from raft_data.rounds import run_rounds
+from raft_data.tools.preview import preview
 from raft_data.tools.sweep import load_grid, run_sweep, variant_configs, write_frontier
 from raft_sft.train import train
 
@@ -80,5 +82,40 @@ def sweep_command(argv: list[str] | None = None) -> None:
         path = write_frontier(cfg.experiment.name, grid, configs, out)
         print((path.parent / "variants.md").read_text(encoding="utf-8"), end="")
         print(f"sweep: {path.resolve()}")
+
+    run_stage(parser, argv, run)
+
+
+def count(text: str) -> int:
+    """An option that counts something: an integer in [1, 4096]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 4096:
+        raise argparse.ArgumentTypeError(f"{text!r} is invalid: expected an integer in [1, 4096]")
+    return value
+
+
+def preview_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data preview",
+        description="Run a whole round (generate, score, select, one SFT step, eval) on a few prompts and samples in "
+        "a temporary folder, printing samples, rewards and what selection kept and why at each stage. The "
+        "experiment's own rounds are never read or written. Config overrides apply as for every command.",
+    )
+    add_config_args(parser, round_arg=False)
+    parser.add_argument(
+        "--prompts", type=count, default=4, help="prompts of the round, b (default 4; in place of prompts.n_prompts)"
+    )
+    parser.add_argument(
+        "--samples", type=count, default=2, help="samples per prompt, K (default 2; in place of generate.n_samples)"
+    )
+    parser.add_argument("--show", type=count, default=2, help="prompts whose samples are printed (default 2)")
+    parser.add_argument("--max-new-tokens", type=count, default=None, help="tokens per sample (default: the config's)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder and print where it is")
+
+    def run(cfg: Config, args: argparse.Namespace) -> None:
+        preview(cfg, train, args.prompts, args.samples, args.show, args.max_new_tokens, args.keep)
 
     run_stage(parser, argv, run)

@@ -14,6 +14,7 @@ from raft_data.config.loader import (
 from raft_data.config.sections import (
     SECTIONS,
     Config,
+    DecontamConfig,
     EvalConfig,
     ExecutorConfig,
     ExperimentConfig,
@@ -32,6 +33,7 @@ from raft_data.config.sections import (
 __all__ = [
     "SECTIONS",
     "Config",
+    "DecontamConfig",
     "EvalConfig",
     "ExperimentConfig",
     "GenerateConfig",

@@ -645,6 +645,43 @@ class SelectConfig:
 
 
 @dataclass
+class DecontamConfig:
+    # Two more guards of the select stage, after those of `select:`; each off by default, and in the select stage's
+    # config hash only when on (a selection made before they existed keeps its hash). docs/selection.md.
+    # contaminated: a row whose prompt + completion shares an n-gram of words (after lower-casing and turning every
+    # run of characters that are not letters or digits into one space) with an evaluation text
+    drop_contaminated: bool = False
+    n: int = 8  # words per n-gram
+    heldout: bool = True  # the experiment's own held-out prompts (and their eval.reference_column text) are eval text
+    eval_files: list[str] = field(default_factory=list)  # more evaluation text: .jsonl, .parquet, .csv or .txt files
+    eval_column: str = "prompt"  # the text column of the .jsonl/.parquet/.csv eval_files (a .txt file: every line)
+    # near_duplicate: a completion whose word shingles overlap those of a better-ranked completion of the same prompt
+    # (in the pool: this round, or every round for cumulative) by a Jaccard similarity of at least the threshold
+    drop_near_duplicates: bool = False
+    near_duplicate_threshold: float = 0.8
+    shingle: int = 5  # words per shingle (a completion of fewer words is one shingle)
+
+    def __post_init__(self) -> None:
+        _count("decontam.n", self.n, 1, 64)
+        _count("decontam.shingle", self.shingle, 1, 64)
+        _require(
+            finite(self.near_duplicate_threshold) and 0 < self.near_duplicate_threshold <= 1,
+            "decontam.near_duplicate_threshold",
+            self.near_duplicate_threshold,
+            "in (0, 1]",
+        )
+        for i, path in enumerate(self.eval_files):
+            _require(isinstance(path, str) and bool(path.strip()), f"decontam.eval_files[{i}]", path, "a file path")
+            _path(f"decontam.eval_files[{i}]", path)
+        _require(bool(self.eval_column.strip()), "decontam.eval_column", self.eval_column, "a column name")
+
+    @property
+    def enabled(self) -> bool:
+        """A decontamination guard is on."""
+        return self.drop_contaminated or self.drop_near_duplicates
+
+
+@dataclass
 class EvalConfig:
     # what is evaluated: a fixed subset of the held-out prompts, the same in every round
     n_prompts: int = 32  # held-out prompts per evaluation
@@ -844,6 +881,7 @@ class Config:
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    decontam: DecontamConfig = field(default_factory=DecontamConfig)
 
     def __post_init__(self) -> None:
         # settings of two sections that only work together
@@ -874,4 +912,5 @@ SECTIONS: dict[str, type] = {
     "executor": ExecutorConfig,
     "tracking": TrackingConfig,
     "export": ExportConfig,
+    "decontam": DecontamConfig,
 }

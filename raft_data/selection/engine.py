@@ -6,6 +6,8 @@ How a selection is built, all in DuckDB over the Parquet shards (nothing is load
   2. `sql/views/pool.sql` defines the read-only views samples, scores and scored over the pool: this round, or
      for `cumulative` this round and every earlier one;
   3. `sql/views/guards.sql` marks the rows each enabled guard drops (view guarded) and keeps the rest;
+  3b. with `decontam.drop_contaminated` / `drop_near_duplicates` on, `sql/decontam/guards.sql` adds the guards
+     contaminated (an n-gram shared with an evaluation text) and near_duplicate (word-shingle Jaccard);
   4. the user's `select.where` / `select.qualify` clauses, if any, filter those into the view candidates;
   5. the strategy's query (`sql/<strategy>.sql`, or `select.sql_file` with strategy custom) ranks candidates.
 The result is checked like a data test (`sql/views/checks.sql`).
@@ -28,6 +30,7 @@ from raft_data.storage import schemas
 SQL_DIR = Path(__file__).parent / "sql"
 VIEWS_DIR = SQL_DIR / "views"
 METRICS_DIR = SQL_DIR / "metrics"
+DECONTAM_DIR = SQL_DIR / "decontam"
 
 # Strategies that keep at most one sample per prompt, and exactly one for every prompt with a candidate.
 ONE_PER_PROMPT = {"best_per_prompt", "random_per_prompt", "cumulative"}
@@ -42,6 +45,8 @@ GUARDS = {
     "min_margin": "margin",
     "pass_band": "pass_band",
 }
+# decontam config fields and the names their guards write in `dropped_by` (decontam/guards.sql), after GUARDS
+DECONTAM_GUARDS = {"drop_contaminated": "contaminated", "drop_near_duplicates": "near_duplicate"}
 USER_FILTER = "where/qualify"  # how rows dropped by the user's clauses are counted
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL")
 
@@ -207,13 +212,52 @@ def candidates_view(where: str | None, qualify: str | None) -> str:
     return text
 
 
-def define_views(con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int) -> dict[str, Any]:
-    """settings, pool, guards and candidates views on `con`; returns the bound parameters."""
+def decontam_sql(name: str) -> str:
+    return (DECONTAM_DIR / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def decontam_params(cfg: Config, round_idx: int) -> dict[str, Any]:
+    """What decontam/guards.sql and decontam/stats.sql bind as `$name`."""
+    d = cfg.decontam
+    return {
+        "round": round_idx,
+        "n": d.n,
+        "shingle": d.shingle,
+        "threshold": d.near_duplicate_threshold,
+        "drop_contaminated": d.drop_contaminated,
+        "drop_near_duplicates": d.drop_near_duplicates,
+    }
+
+
+def decontaminate(con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int, eval_texts: pa.Table | None) -> None:
+    """The guards contaminated and near_duplicate over the view guarded (decontam/guards.sql). `eval_texts`
+    (source, text) is what rows are checked against; it is needed only with decontam.drop_contaminated."""
+    if cfg.decontam.drop_contaminated and eval_texts is None:
+        raise ValueError("decontam.drop_contaminated needs the evaluation texts (raft_data.data.decontam.eval_texts)")
+    if eval_texts is None:
+        eval_texts = pa.table({"source": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    con.register("eval_texts", eval_texts)
+    run_script(con, decontam_sql("guards"), decontam_params(cfg, round_idx), "decontam/guards.sql")
+
+
+def decontam_stats(con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int) -> dict[str, int]:
+    """Rows of the round checked, rows and prompts sharing an n-gram with an evaluation text, evaluation n-grams."""
+    result = con.execute(decontam_sql("stats"), {"round": round_idx, "n": cfg.decontam.n})
+    return dict(zip([d[0] for d in result.description], result.fetchall()[0], strict=True))
+
+
+def define_views(
+    con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int, eval_texts: pa.Table | None = None
+) -> dict[str, Any]:
+    """settings, pool, guards and candidates views on `con`; returns the bound parameters. `eval_texts`: see
+    `decontaminate`."""
     params = select_params(cfg, round_idx)
     run_script(con, view_sql("settings"), params, "settings.sql")
     check_rank_by(con, cfg.select.rank_by)
     run_script(con, view_sql("pool"), params, "pool.sql")
     run_script(con, view_sql("guards"), params, "guards.sql")
+    if cfg.decontam.enabled:
+        decontaminate(con, cfg, round_idx, eval_texts)
     text = candidates_view(cfg.select.where, cfg.select.qualify)
     key = "select.where/select.qualify"
     try:
@@ -239,6 +283,7 @@ def guards_enabled(cfg: Config) -> bool:
 def dropped_counts(con: duckdb.DuckDBPyConnection, cfg: Config) -> dict[str, int]:
     """Rows dropped by each guard and by the user's clauses (zero for those not enabled, without a scan)."""
     names = [name for key, name in GUARDS.items() if getattr(cfg.select, key)]
+    names += [name for key, name in DECONTAM_GUARDS.items() if getattr(cfg.decontam, key)]
     counts = dict.fromkeys(names, 0)
     if names:
         counts |= dict(con.execute(view_sql("dropped")).fetchall())
@@ -334,12 +379,12 @@ def as_messages(con: duckdb.DuckDBPyConnection, table: pa.Table) -> pa.Table:
         con.unregister("selected_rows")
 
 
-def round_connection(cfg: Config, round_idx: int) -> duckdb.DuckDBPyConnection:
+def round_connection(cfg: Config, round_idx: int, eval_texts: pa.Table | None = None) -> duckdb.DuckDBPyConnection:
     """A connection over one round for `inspect` and `sql`: the selection views plus prompts and selected."""
     rounds = pool_rounds(cfg, round_idx)
     pool_manifests(cfg, rounds)
     con = connect(cfg, rounds)
-    define_views(con, cfg, round_idx)
+    define_views(con, cfg, round_idx, eval_texts)
     rdir = storage.round_dir(cfg, round_idx)
     if (rdir / "prompts.parquet").exists():
         con.read_parquet(str(rdir / "prompts.parquet")).create_view("prompts")

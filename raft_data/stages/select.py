@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import sys
 
+import duckdb
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from raft_data import storage
-from raft_data.config import Config
+from raft_data.config import Config, config_hash
+from raft_data.data.decontam import eval_sources, guard_texts
 from raft_data.data.replay import replay_settings, write_replay
 from raft_data.selection.card import dataset_card
 from raft_data.selection.engine import (
@@ -27,6 +30,8 @@ from raft_data.selection.engine import (
     check_pairs,
     check_selected,
     connect,
+    decontam_sql,
+    decontam_stats,
     define_views,
     dropped_counts,
     fetch_row,
@@ -61,6 +66,9 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
     }
     if replay_cfg is not None:  # only then, so that a selection without replay keeps its config hash
         stage_cfg["replay"] = replay_cfg
+    texts = guard_texts(cfg)
+    if cfg.decontam.enabled:  # only then, as replay: a selection without these guards keeps its config hash
+        stage_cfg["decontam"] = decontam_config(cfg, texts)
     where = f"{folder} ({cfg.select.strategy})"
     neighbours = storage.neighbours(cfg, "select", round_idx)
     with storage.stage(
@@ -69,7 +77,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         if run.done:
             return run.manifest
         con = connect(cfg, rounds, threads)
-        params = define_views(con, cfg, round_idx)
+        params = define_views(con, cfg, round_idx, texts)
         table = run_query(con, sql, params, "pairs.sql" if pairs else f"select.strategy={cfg.select.strategy!r}")
         if pairs:
             counts = check_pairs(con, table, cfg, where)
@@ -78,6 +86,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
             counts = check_selected(con, table, cfg, params, where)
         counts = {"prompts": manifests[round_idx][0]["counts"].get("prompts"), **counts}
         dropped = dropped_counts(con, cfg)
+        decontamination = decontam_summary(con, cfg, round_idx, texts, dropped) if cfg.decontam.enabled else None
         mean_all = fetch_row(con, "select avg(reward) from scores where round = $r", {"r": round_idx})[0]
         kept = table["chosen_reward"] if pairs else table["reward"]
         mean_selected = pc.mean(kept).as_py() if table.num_rows else None
@@ -114,6 +123,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
                 "pool_rounds": rounds,
                 **({"acceptance_by_level": by_level} if by_level else {}),
                 **({"replay": replay} if replay is not None else {}),
+                **({"decontamination": decontamination} if decontamination is not None else {}),
             },
             folder=tmp,
         )
@@ -124,11 +134,69 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         )
         if dropped:
             print("  dropped before ranking: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        if decontamination is not None:
+            print(f"  {decontam_line(decontamination)}")
         if replay is not None:
             print(f"  replay: {replay['rows']} reference texts of training prompts added for SFT ({replay['file']})")
         if counts["selected"] == 0:
             print(f"warning: {empty_selection(cfg, round_idx, manifest)}", file=sys.stderr)
         return manifest
+
+
+def decontam_config(cfg: Config, texts: pa.Table | None) -> dict:
+    """What the decontamination guards add to the select stage's config hash: their settings, their SQL, and a digest
+    of the evaluation texts (an edited evaluation file makes the selection stale)."""
+    out = {"settings": dict(cfg.decontam.__dict__), "sql": {name: decontam_sql(name) for name in ("guards", "stats")}}
+    if texts is not None:
+        out["eval_texts"] = config_hash(texts["text"].to_pylist())
+    return out
+
+
+def decontam_summary(
+    con: duckdb.DuckDBPyConnection, cfg: Config, round_idx: int, texts: pa.Table | None, dropped: dict[str, int]
+) -> dict:
+    """The manifest's `decontamination` field: what was checked against what, what was found, what was dropped."""
+    d = cfg.decontam
+    out: dict = {}
+    if d.drop_contaminated:
+        stats = decontam_stats(con, cfg, round_idx)
+        out |= {
+            "n": d.n,
+            "eval_files": eval_sources(cfg),
+            "eval_texts": texts.num_rows if texts is not None else 0,
+            "eval_ngrams": stats["eval_ngrams"],
+            "checked_rows": stats["checked_rows"],
+            "contaminated_rows": stats["contaminated_rows"],
+            "contaminated_prompts": stats["contaminated_prompts"],
+            "dropped": dropped.get("contaminated", 0),
+        }
+    if d.drop_near_duplicates:
+        out["near_duplicates"] = {
+            "threshold": d.near_duplicate_threshold,
+            "shingle": d.shingle,
+            "dropped": dropped.get("near_duplicate", 0),
+        }
+    return out
+
+
+def decontam_line(summary: dict) -> str:
+    """One line for a round's decontamination, from the manifest's `decontamination` field."""
+    parts = []
+    if "checked_rows" in summary:
+        sources = summary["eval_files"]
+        named = ", ".join(sources) if len(sources) <= 3 else f"{len(sources)} sources"
+        parts.append(
+            f"contamination: {summary['contaminated_rows']} of {summary['checked_rows']} rows share an n-gram of "
+            f"{summary['n']} words with {summary['eval_texts']} eval texts ({named or 'none'}), "
+            f"{summary['contaminated_prompts']} prompts by themselves; dropped {summary['dropped']}"
+        )
+    if "near_duplicates" in summary:
+        near = summary["near_duplicates"]
+        parts.append(
+            f"near-duplicates (Jaccard of {near['shingle']}-word shingles >= {near['threshold']}): "
+            f"dropped {near['dropped']}"
+        )
+    return "; ".join(parts)
 
 
 def acceptance_by_level(con, table, round_idx: int) -> dict[str, float]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from raft_data import storage
 from raft_data.config import Config
+from raft_data.data.decontam import guard_texts
 from raft_data.selection.engine import round_connection, run_query, select_params, view_sql
 from raft_data.tools.status import round_status
 
@@ -58,7 +59,7 @@ def example_lines(table, width: int = 80) -> list[str]:
 def inspect(cfg: Config, round_idx: int, n_examples: int = 3) -> str:
     """The report as text."""
     lines = stage_lines(cfg, round_idx)
-    con = round_connection(cfg, round_idx)
+    con = round_connection(cfg, round_idx, guard_texts(cfg))
     params = select_params(cfg, round_idx) | {"n_prompts": n_examples}
     lines += ["", *quantile_lines(run_query(con, view_sql("quantiles"), params, "quantiles.sql"))]
     if n_examples > 0:

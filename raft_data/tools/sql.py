@@ -15,6 +15,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from raft_data.config import Config
+from raft_data.data.decontam import guard_texts
 from raft_data.selection.engine import round_connection, run_query, select_params
 
 
@@ -39,5 +40,5 @@ def format_table(table: pa.Table, max_rows: int, width: int = 60) -> str:
 
 def run_sql(cfg: Config, round_idx: int, query: str) -> pa.Table:
     """The query's result over round `round_idx`'s views."""
-    con = round_connection(cfg, round_idx)
+    con = round_connection(cfg, round_idx, guard_texts(cfg))
     return run_query(con, query, select_params(cfg, round_idx), "query")

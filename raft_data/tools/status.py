@@ -10,6 +10,7 @@ from raft_data import storage
 from raft_data.config import Config
 from raft_data.errors import UserError
 from raft_data.stages.evaluate import format_metrics
+from raft_data.stages.select import decontam_line
 
 
 def format_pass(metrics: dict) -> str:
@@ -55,6 +56,8 @@ def round_status(cfg: Config, round_idx: int) -> list[str]:
                 lines.append(
                     f"  {'':10s} mean reward: selected {r['mean_selected']:.4f}, all samples {r['mean_all']:.4f}"
                 )
+            if m.get("decontamination"):
+                lines.append(f"  {'':10s} {decontam_line(m['decontamination'])}")
             per = per_selected(cfg, round_idx)
             if per:
                 lines.append(f"  {'':10s} per selected sample: {per}")
