@@ -94,13 +94,14 @@ def test_one_round_and_a_decontamination_result_when_there_is_one(tmp_path: Path
     import datasets
 
     cfg = experiment(tmp_path)
-    check = storage.round_dir(cfg, 1) / "decontamination"
-    storage.write_json({"stage": "decontaminate", "counts": {"flagged": 2, "checked": 6}}, check / "manifest.json")
+    path = storage.round_dir(cfg, 1) / "selected" / "manifest.json"
+    found = {"n": 8, "eval_texts": 40, "checked_rows": 6, "contaminated_rows": 2, "dropped": 2}
+    storage.write_json(storage.read_json(path) | {"decontamination": found}, path)  # as select writes it
     out = export_dataset(cfg, tmp_path / "r1", rounds=[1])
     assert list(datasets.load_from_disk(str(out))) == ["round_1"]
     (entry,) = front_matter(out / "README.md")["raft"]["rounds"]
-    assert entry["decontamination"]["counts"] == {"flagged": 2, "checked": 6}
-    assert "flagged: 2" in (out / "README.md").read_text(encoding="utf-8")
+    assert entry["decontamination"] == found
+    assert "contaminated_rows: 2" in (out / "README.md").read_text(encoding="utf-8")
 
 
 def test_a_damaged_round_or_a_taken_folder_is_refused_and_nothing_is_left(tmp_path: Path) -> None:

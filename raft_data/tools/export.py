@@ -32,8 +32,6 @@ from raft_data.errors import BackendError, ConfigError, StageError
 
 # Sections that change no artifact: left out of the experiment's config hash on a card.
 NOT_HASHED = ("tracking", "export", "executor")
-# Where a decontamination check leaves its result: the round's folder first, then the experiment's.
-DECONTAMINATION_FOLDER = "decontamination"
 
 
 def experiment_config_hash(cfg: Config) -> str:
@@ -55,18 +53,10 @@ def _optional(cfg: Config, round_idx: int, stage: str) -> dict[str, Any] | None:
     return storage.read_json(path) if path.exists() else None
 
 
-def decontamination(cfg: Config, round_idx: int | None) -> dict[str, Any] | str:
-    """The result of a decontamination check of the round (or the experiment), from its manifest: its counts and
-    result fields; "not checked" when no check has been run."""
-    places = [storage.experiment_dir(cfg) / DECONTAMINATION_FOLDER]
-    if round_idx is not None:
-        places.insert(0, storage.round_dir(cfg, round_idx) / DECONTAMINATION_FOLDER)
-    for folder in places:
-        if (folder / "manifest.json").exists():
-            manifest = storage.read_json(folder / "manifest.json")
-            skip = {"files", "identity", "versions", "config", "inputs", "input_details", "started"}
-            return {"artifact": str(folder), **{k: v for k, v in manifest.items() if k not in skip}}
-    return "not checked"
+def decontamination(selected: dict[str, Any]) -> dict[str, Any] | str:
+    """What the round's selection found of its eval texts (`decontam.*` guards: n-gram overlap, near-duplicates),
+    from the select manifest; "not checked" when the selection ran without those guards."""
+    return selected.get("decontamination") or "not checked"
 
 
 def round_facts(cfg: Config, round_idx: int) -> dict[str, Any]:
@@ -90,7 +80,7 @@ def round_facts(cfg: Config, round_idx: int) -> dict[str, Any]:
         "eval": (evaluated or {}).get("metrics") or None,
         "train_loss": (trained or {}).get("train_loss"),
         "format": selected.get("format", "prompt_completion"),
-        "decontamination": decontamination(cfg, round_idx),
+        "decontamination": decontamination(selected),
     }
 
 
