@@ -95,6 +95,13 @@ def test_an_infinite_loop_is_stopped(mode, world, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+def test_an_infinite_loop_out_of_cpu_time_before_the_wall_clock_is_a_timeout(mode, world, monkeypatch) -> None:
+    # on an idle machine the CPU-time limit ends the loop first; that is a timeout too, whatever the machine's load
+    outcome = run_in(mode, monkeypatch, "while True:\n    pass\n", timeout=30)
+    assert outcome.status == "timeout" and outcome.passed == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_fork_bomb_is_contained(mode, world, monkeypatch) -> None:
     program = "import os\nwhile True:\n    os.fork()\n"
     outcome = run_in(mode, monkeypatch, program, processes=8)

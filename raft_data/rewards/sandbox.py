@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 MAX_OUTPUT = 1 << 20  # bytes of the child's result stream read; a program cannot flood the parent's memory
+CPU_TIME_EXIT = 124  # the child's exit status when its CPU-time limit ran out (sandbox_child.CPU_TIME_EXIT)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ def _run_in(mode: str, program: str, tests: list[str], entry_point: str | None, 
         else:
             argv = [_python(), "-I", "-S", "_child.py", "run", workdir, "limits.json"]
         lines, code, timed_out = _spawn(argv, workdir, limits.timeout)
+        # out of CPU time (the child's exit status for RLIMIT_CPU's SIGXCPU, or the signal itself where the program
+        # took the handler away): a timeout, as the wall clock's is; which comes first depends on how busy the
+        # machine is
+        timed_out = timed_out or code in (CPU_TIME_EXIT, -signal.SIGXCPU)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     if code != 0 and not timed_out:  # it died (a signal, a limit) or exited early: nothing it said counts

@@ -16,6 +16,7 @@ test to the result file descriptor: `<nonce> <index> pass|fail`.
 import json
 import os
 import resource
+import signal
 import sys
 
 # mount(2) flags
@@ -62,9 +63,16 @@ def mount_stage(workdir: str, limits: dict) -> None:
     os.execv(sys.executable, [sys.executable, "-I", "-S", "/tmp/_child.py", "run", "/tmp", "/tmp/limits.json"])
 
 
+# the exit status that says the CPU-time limit ran out (raft_data/rewards/sandbox.py reads it as a timeout)
+CPU_TIME_EXIT = 124
+
+
 def set_limits(limits: dict) -> None:
     cpu = int(limits["cpu_seconds"])
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    # out of CPU time: say so by the exit status (as the first process of a PID namespace, a signal left to its
+    # default action would be ignored, and the hard limit's SIGKILL a second later would say nothing)
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(CPU_TIME_EXIT))
     memory = int(limits["memory_mb"]) * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     size = int(limits["file_mb"]) * 1024 * 1024
