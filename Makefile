@@ -33,7 +33,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm,tasks]"
 	touch $@
 
 assets/.ready: $(VENV)/.installed raft_data/tools/assets.py

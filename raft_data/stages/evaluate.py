@@ -58,7 +58,7 @@ from raft_data.backends.base import Completion
 from raft_data.backends.transformers import prompt_batch_size, transformers_eval_sampler
 from raft_data.config import Config, derived_seed
 from raft_data.data.chat import format_prompts
-from raft_data.data.prompts import eval_prompts
+from raft_data.data.prompts import eval_prompts, split_record
 from raft_data.errors import ConfigError, DataError
 from raft_data.models.loading import load_tokenizer, load_tokenizer_and_model, resolve_device
 from raft_data.models.logprobs import (
@@ -68,8 +68,8 @@ from raft_data.models.logprobs import (
     reference_logprobs,
     sequence_logprobs,
 )
-from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
-from raft_data.rewards.loading import configured_reward, load_reward, reward_values
+from raft_data.rewards.checkers import extractor, pass_metrics
+from raft_data.rewards.loading import configured_reward, correctness, load_reward, reward_values, uses_gym
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
 
@@ -372,16 +372,18 @@ def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -
 
 
 def uses_checker(cfg: Config) -> bool:
-    """The reward has a `correct` component: held-out pass@k is measured too."""
+    """The reward has a `correct` component (the checker, or reasoning_gym's): held-out pass@k is measured too."""
     reward = cfg.score.reward
-    return reward == "correct" or (isinstance(reward, list) and any(c.get("ref") == "correct" for c in reward))
+    checker = reward == "correct" or (isinstance(reward, list) and any(c.get("ref") == "correct" for c in reward))
+    return checker or uses_gym(cfg.score)
 
 
 def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict) -> dict:
-    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker), by level."""
+    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker, or full marks
+    from the reasoning_gym family's own), by level."""
     completions = [rows["completion"][i] for i in sampled]
     ids = [rows["prompt_id"][i] for i in sampled]
-    flags = checker_reward("correct", cfg.score)([], completions, [gold[p] for p in ids])
+    flags = correctness(cfg.score)([], completions, [gold[p] for p in ids])
     found = [extractor(cfg.score)(c) for c in completions]
     return pass_metrics(
         [
@@ -473,7 +475,12 @@ def evaluate_model(
                 "reward_best_of_k": data.get("reward_best_of_k"),
                 "reward_selected": data.get("reward_selected"),
             }
-            extra = {"evaluated": label, "model_path": model_path, "metrics": metrics}
+            extra = {
+                "evaluated": label,
+                "model_path": model_path,
+                "metrics": metrics,
+                "split": split_record(cfg.prompts),
+            }
             if "reference" in prompts.column_names:  # lets each round reuse the baseline's perplexity of these texts
                 extra["reference_digest"] = reference_digest(cfg, prompts["reference"].to_pylist())
             extra["cost"] = storage.shard_costs(folder)
@@ -528,4 +535,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     ks = [k for k in passes if k.startswith(("pass@", "maj@"))]
     if ks:  # held-out pass@1 and the largest k, and majority voting
         line += " | " + " ".join(f"{k} {passes[k]:.3f}" for k in dict.fromkeys([ks[0], *ks[-2:]]))
+    levels = passes.get("by_level") or {}
+    if len(levels) > 1:  # held-out pass@1 of each level (levels trained on and not)
+        line += " | " + " ".join(f"{lv} pass@1 {v['pass@1']:.3f}" for lv, v in levels.items() if "pass@1" in v)
     return line
