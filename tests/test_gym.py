@@ -241,3 +241,30 @@ def test_a_round_on_a_gym_family(tmp_path: Path, tiny_model_dir: Path) -> None:
     flags, rewards = scores["correct"].to_pylist(), scores["reward"].to_pylist()
     assert flags == [float(r >= 1.0) for r in rewards]
     assert manifest["pass_at_k"]["prompts"] == 4 and "leg_counting" in manifest["pass_at_k"]["by_level"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Held-out pass@1 by level in the eval line and the report
+
+
+def test_pass_at_1_by_level_in_the_eval_line_and_the_report() -> None:
+    from raft_data.report import pass_by_level_html
+    from raft_data.stages.evaluate import format_metrics
+
+    def metrics(by_level: dict[str, float]) -> dict:
+        levels = {lv: {"pass@1": v} for lv, v in by_level.items()}
+        return {"reward_sampled": 0.5, "pass_at_k": {"pass@1": 0.5, "by_level": levels}}
+
+    line = format_metrics(metrics({"sum_1d": 0.75, "sum_2d2d": 0.125}))
+    assert "sum_1d pass@1 0.750" in line and "sum_2d2d pass@1 0.125" in line
+    assert "pass@1 0.500" in format_metrics(metrics({"sum_1d": 0.5})) and "sum_1d" not in format_metrics(
+        metrics({"sum_1d": 0.5})
+    )
+    rows = [
+        {"label": "base", "metrics": metrics({"sum_1d": 0.25, "mixed_1d": 0.0})},
+        {"label": "0", "metrics": metrics({"sum_1d": 0.625, "mixed_1d": 0.125})},
+    ]
+    page = pass_by_level_html(rows)
+    assert page.count("<tr>") == 3 and "round 0" in page
+    assert page.index("0.250") < page.index("0.000") < page.index("0.625") < page.index("0.125")
+    assert pass_by_level_html([{"label": "base", "metrics": metrics({"sum_1d": 0.5})}]) == ""
