@@ -268,3 +268,20 @@ def test_pass_at_1_by_level_in_the_eval_line_and_the_report() -> None:
     assert page.count("<tr>") == 3 and "round 0" in page
     assert page.index("0.250") < page.index("0.000") < page.index("0.625") < page.index("0.125")
     assert pass_by_level_html([{"label": "base", "metrics": metrics({"sum_1d": 0.5})}]) == ""
+
+
+def test_families_mixed_in_one_file_are_each_scored_by_their_own_checker(tmp_path: Path) -> None:
+    legs, _ = gym_problems("leg_counting", LEGS, heldout_seed=1000, n_train=6, n_heldout=3)
+    sums, _ = gym_problems("chain_sum", {"min_terms": 2, "max_terms": 2}, heldout_seed=1000, n_train=6, n_heldout=3)
+    rows = legs + sums
+    cfg = make_config(tmp_path, tmp_path / "unused", write_jsonl(tmp_path / "m.jsonl", rows), prompts=GYM_PROMPTS)
+    train, heldout = split_prompts(cfg.prompts)
+    assert set(heldout["level"].to_pylist()) == {"leg_counting", "chain_sum"} and train.num_rows == 12
+    golds = [json.loads(r["answer"])["answer"] for r in rows]
+    check = correctness(ScoreConfig(reward="reasoning_gym"))
+    answers = [r["answer"] for r in rows]
+    assert check([r["prompt"] for r in rows], golds, answers) == [1.0] * len(rows)
+    # another family's right answer is wrong here, whatever the prompt says
+    shifted = golds[1:] + golds[:1]
+    expected = [float(a == b) for a, b in zip(shifted, golds, strict=True)]
+    assert check([r["prompt"] for r in rows], shifted, answers) == expected
