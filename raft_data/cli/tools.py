@@ -202,9 +202,7 @@ def gym_command(argv: list[str] | None = None) -> None:
         " Read it with prompts.id_column=id answer_column=answer level_column=level split_column=split.",
     )
     parser.add_argument("--family", required=True, help="a reasoning-gym dataset name, e.g. leg_counting")
-    parser.add_argument(
-        "--settings", default="{}", help="the family's difficulty settings as JSON, e.g. '{\"max_animals\": 2}'"
-    )
+    parser.add_argument("--settings", default="{}", help="the family's settings as JSON, e.g. '{\"max_digits\": 1}'")
     parser.add_argument("--train-seed", type=int, default=0, help="first seed of the train problems (default 0)")
     parser.add_argument("--heldout-seed", type=int, default=1_000_000, help="first seed of the held-out problems")
     parser.add_argument("--n-train", type=int, default=1000, help="train problems (default 1000)")
