@@ -285,3 +285,13 @@ def test_families_mixed_in_one_file_are_each_scored_by_their_own_checker(tmp_pat
     shifted = golds[1:] + golds[:1]
     expected = [float(a == b) for a, b in zip(shifted, golds, strict=True)]
     assert check([r["prompt"] for r in rows], shifted, answers) == expected
+
+
+def test_new_prompts_fields_enter_the_config_hash_only_when_set(tmp_path: Path) -> None:
+    from raft_data.config import PromptsConfig, prompts_hashed
+
+    plain = prompts_hashed(PromptsConfig(path="p.jsonl"))
+    assert "split_column" not in plain and "train_levels" not in plain  # rounds made before them stay valid
+    assert prompts_hashed(PromptsConfig(path="p.jsonl", split_column="split"))["split_column"] == "split"
+    levels = PromptsConfig(path="p.jsonl", level_column="level", train_levels=["a"])
+    assert prompts_hashed(levels)["train_levels"] == ["a"]

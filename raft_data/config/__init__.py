@@ -24,6 +24,7 @@ from raft_data.config.sections import (
     RoundsConfig,
     ScoreConfig,
     SelectConfig,
+    prompts_hashed,
     reward_component_name,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_text_file",
+    "prompts_hashed",
     "read_yaml",
     "reward_component_name",
 ]

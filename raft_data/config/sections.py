@@ -166,6 +166,13 @@ class PromptsConfig:
         )
 
 
+def prompts_hashed(cfg: PromptsConfig) -> dict[str, Any]:
+    """What of the prompts section a stage's config hash covers: the fields added later (split_column,
+    train_levels) only when set, so rounds made before they existed stay valid."""
+    later = {"split_column": None, "train_levels": []}
+    return {k: v for k, v in cfg.__dict__.items() if k not in later or v != later[k]}
+
+
 @dataclass
 class GenerateConfig:
     backend: str = "transformers"

@@ -171,6 +171,7 @@ def split_record(cfg: PromptsConfig) -> dict:
         "by": f"column {cfg.split_column}" if cfg.split_column else f"prompt_id hash, fraction {cfg.heldout_fraction}",
         "n_train": len(train_ids),
         "n_heldout": len(heldout_ids),
+        "train_levels": cfg.train_levels or None,  # the levels rounds draw from (None: all)
         "train_ids_sha256": hash_id(json.dumps(sorted(train_ids))),
         "heldout_ids_sha256": hash_id(json.dumps(sorted(heldout_ids))),
         "shared_ids": len(set(train_ids) & set(heldout_ids)),

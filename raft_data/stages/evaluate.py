@@ -56,7 +56,7 @@ from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
 from raft_data.backends.transformers import prompt_batch_size, transformers_eval_sampler
-from raft_data.config import Config, derived_seed
+from raft_data.config import Config, derived_seed, prompts_hashed
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts, split_record
 from raft_data.errors import ConfigError, DataError
@@ -400,7 +400,7 @@ def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict
     return {
         "eval": cfg.eval.__dict__,
         "model": {**cfg.model.__dict__, "evaluated": model_id},
-        "prompts": cfg.prompts.__dict__,
+        "prompts": prompts_hashed(cfg.prompts),
         "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in ("n_shards", "n_samples")},
         "score": cfg.score.__dict__,
         "seed": cfg.experiment.seed,

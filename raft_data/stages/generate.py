@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from raft_data import storage
 from raft_data.backends import BACKENDS, ray_data
 from raft_data.backends.base import Completion
-from raft_data.config import Config, config_hash, derived_seed
+from raft_data.config import Config, config_hash, derived_seed, prompts_hashed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
 from raft_data.data.prompts import draw_round_prompts, split_record
 from raft_data.data.sources import Source, candidates, file_hash, load_source
@@ -99,7 +99,7 @@ def generate(
     stage_cfg = {
         "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
         "model": cfg.model.__dict__,
-        "prompts": cfg.prompts.__dict__,
+        "prompts": prompts_hashed(cfg.prompts),
         # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
         "prompts_drawn": config_hash(prompts.to_pydict()),
         "generate": cfg.generate.__dict__,
