@@ -38,7 +38,7 @@ help:
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm,track,code]"
+	$(VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,assets,ray,math,slurm,track,code,tasks]"
 	touch $@
 
 assets/.ready: $(VENV)/.installed raft_data/tools/assets.py

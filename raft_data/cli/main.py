@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "reward-model": (tools.reward_model_command, "fine-tune the packaged MiniLM into a reward model on human ratings"),
     "arithmetic": (tools.arithmetic_command, "write seeded arithmetic problems with checkable answers (jsonl)"),
     "humaneval": (tools.humaneval_command, "write the HumanEval problems with their tests (jsonl)"),
+    "gym": (tools.gym_command, "write a reasoning-gym task family's problems from disjoint train/held-out seeds"),
     "assets": (tools.assets_command, "fetch the default model and prompts from PyPI into assets/ (make setup)"),
 }
 

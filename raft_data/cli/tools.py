@@ -11,6 +11,7 @@ Run as:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from raft_data import storage
 from raft_data.cli.common import Parser, add_config_args, fail, guarded, parse, run_stage
 from raft_data.config import Config
 from raft_data.data.arithmetic import write_arithmetic
+from raft_data.data.gym import write_gym
 from raft_data.data.humaneval import write_humaneval
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
@@ -224,6 +226,46 @@ def humaneval_command(argv: list[str] | None = None) -> None:
     args = parse(parser, argv)
     n = guarded(write_humaneval, Path(args.out))
     print(f"humaneval: {n} problems -> {args.out}")
+
+
+def gym_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data gym",
+        description="Write problems of a reasoning-gym task family (pip: raft-toolkit[tasks]) as jsonl: train "
+        "problems from one range of seeds, held-out ones from another that must not overlap it, each with the "
+        "entry its family's checker needs (score.reward=reasoning_gym); the seeds are recorded in <out>.manifest.json."
+        " Read it with prompts.id_column=id answer_column=answer level_column=level split_column=split.",
+    )
+    parser.add_argument("--family", required=True, help="a reasoning-gym dataset name, e.g. leg_counting")
+    parser.add_argument("--settings", default="{}", help="the family's settings as JSON, e.g. '{\"max_digits\": 1}'")
+    parser.add_argument("--train-seed", type=int, default=0, help="first seed of the train problems (default 0)")
+    parser.add_argument("--heldout-seed", type=int, default=1_000_000, help="first seed of the held-out problems")
+    parser.add_argument("--n-train", type=int, default=1000, help="train problems (default 1000)")
+    parser.add_argument("--n-heldout", type=int, default=240, help="held-out problems (default 240)")
+    parser.add_argument(
+        "--instruction", default="", help="text added after each question, e.g. ' Answer with the number only.'"
+    )
+    parser.add_argument("--out", default=None, help="the jsonl file to write (default assets/gym_<family>.jsonl)")
+    args = parse(parser, argv)
+    try:
+        settings = json.loads(args.settings)
+    except json.JSONDecodeError as e:
+        fail(f"--settings={args.settings!r} is not JSON ({e.msg})")
+    if not isinstance(settings, dict):
+        fail(f"--settings={args.settings!r} is not a JSON object of the family's settings")
+    out = Path(args.out or f"assets/gym_{args.family}.jsonl")
+    n = guarded(
+        write_gym,
+        out,
+        args.family,
+        config=settings,
+        train_seed=args.train_seed,
+        heldout_seed=args.heldout_seed,
+        n_train=args.n_train,
+        n_heldout=args.n_heldout,
+        instruction=args.instruction,
+    )
+    print(f"gym: {n} {args.family} problems -> {out} (seeds in {out}.manifest.json)")
 
 
 def assets_command(argv: list[str] | None = None) -> None:

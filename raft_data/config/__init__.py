@@ -27,6 +27,7 @@ from raft_data.config.sections import (
     ScoreConfig,
     SelectConfig,
     judge_config,
+    prompts_hashed,
     reward_component_name,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_text_file",
+    "prompts_hashed",
     "read_yaml",
     "judge_config",
     "reward_component_name",

@@ -125,6 +125,12 @@ class PromptsConfig:
     # how many per round, and what is kept aside
     n_prompts: int = 32  # b: prompts drawn per round (seed differs per round)
     heldout_fraction: float = 0.1  # share of the source never trained on, chosen by prompt_id hash
+    # a column that says each row's split, train | heldout (e.g. problems made from disjoint seeds, `raft-data
+    # gym`); when set it decides the split and heldout_fraction is not used
+    split_column: str | None = None
+    # the levels rounds draw from (empty: every level of `levels`); held-out prompts of the other levels measure
+    # whether gains transfer to problems of a kind never trained on
+    train_levels: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "prompts.path", self.path, "a prompts file")
@@ -139,11 +145,32 @@ class PromptsConfig:
         )
         _require(all(isinstance(v, str) for v in self.levels), "prompts.levels", self.levels, "a list of level names")
         _require(
+            all(isinstance(v, str) for v in self.train_levels)
+            and (not self.train_levels or self.level_column is not None)
+            and (not self.levels or set(self.train_levels) <= set(self.levels)),
+            "prompts.train_levels",
+            self.train_levels,
+            "level names (of prompts.levels, when that is set), with prompts.level_column naming the levels",
+        )
+        _require(
+            self.split_column is None or (isinstance(self.split_column, str) and bool(self.split_column)),
+            "prompts.split_column",
+            self.split_column,
+            "a column name",
+        )
+        _require(
             self.curriculum_threshold is None or (bool(self.levels) and 0 < self.curriculum_threshold <= 1),
             "prompts.curriculum_threshold",
             self.curriculum_threshold,
             "in (0, 1], with prompts.levels listing the levels easy to hard",
         )
+
+
+def prompts_hashed(cfg: PromptsConfig) -> dict[str, Any]:
+    """What of the prompts section a stage's config hash covers: the fields added later (split_column,
+    train_levels) only when set, so rounds made before they existed stay valid."""
+    later = {"split_column": None, "train_levels": []}
+    return {k: v for k, v in cfg.__dict__.items() if k not in later or v != later[k]}
 
 
 @dataclass
@@ -432,7 +459,7 @@ class ScoreConfig:
     ref_model: str | None = None  # p_0; None: model.name_or_path
     # checkable answers (the `correct` and `format` rewards, with prompts.answer_column): where the answer stands in
     # a completion, and how it is compared with the gold answer; the extracted text is kept as `extracted`
-    extract: str = "last_number"  # last_number | boxed | answer_line | regex
+    extract: str = "last_number"  # last_number | boxed | answer_line | answer_tag | regex
     extract_regex: str | None = None  # extract: regex: the last match's first group (or the whole match)
     match: str = "numeric"  # exact (after normalising) | numeric (within tolerance; 1/2 = 0.5) | math_verify
     tolerance: float = 1e-6  # numeric: |a - b| <= tolerance * max(1, |gold|)
@@ -451,7 +478,7 @@ class ScoreConfig:
         if isinstance(self.reward, str):
             _reward_ref("score.reward", self.reward)
         _path("score.ref_model", self.ref_model)
-        extracts = ("last_number", "boxed", "answer_line", "regex")
+        extracts = ("last_number", "boxed", "answer_line", "answer_tag", "regex")
         _require(self.extract in extracts, "score.extract", self.extract, "|".join(extracts))
         _require(
             (self.extract == "regex") == (self.extract_regex is not None),

@@ -38,8 +38,14 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     """All prompts of the source as (prompt_id, prompt, answer, level), in source order, deduplicated by prompt_id.
     `answer` and `level` are null unless prompts.answer_column / level_column name them. A prompt id given twice must
     come with the same prompt, answer and level both times."""
+    return read_prompt_splits(cfg)[0]
+
+
+def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
+    """`read_prompt_source`'s table and each row's split (train | heldout) from prompts.split_column, or None when
+    that is not set."""
     path = Path(cfg.path)
-    extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column) if c]
+    extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column, cfg.split_column) if c]
     columns = list(dict.fromkeys([cfg.prompt_column, *extra]))
     data = read_columns(cfg.path, columns, cfg.split)
 
@@ -47,7 +53,8 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
     prompts: list[str] = []
     answers: list[str | None] = []
     levels: list[str | None] = []
-    first: dict[str, tuple[int, str, str | None, str | None]] = {}  # prompt_id -> (row, prompt, answer, level)
+    splits: list[str] = []
+    first: dict[str, tuple] = {}  # prompt_id -> (row, prompt, answer, level, split)
     for i, text in enumerate(data[cfg.prompt_column]):
         if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
             text = json.dumps([{"role": m["role"], "content": m["content"]} for m in text], ensure_ascii=False)
@@ -58,9 +65,12 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
         pid = _prompt_id(data, cfg.id_column, i, path) if cfg.id_column else hash_id(text)
         answer = _text_cell(data, cfg.answer_column, i, path, required=True)
         level = _text_cell(data, cfg.level_column, i, path, required=False)
+        split = _split_cell(data, cfg.split_column, i, path)
         if pid in first:
             row, *before = first[pid]
-            for what, old, new in zip(("prompt", "answer", "level"), before, (text, answer, level), strict=True):
+            for what, old, new in zip(
+                ("prompt", "answer", "level", "split"), before, (text, answer, level, split), strict=True
+            ):
                 if old != new:
                     name = f"{cfg.id_column}={pid!r}" if cfg.id_column else f"the prompt {text[:40]!r}"
                     raise DataError(
@@ -68,17 +78,31 @@ def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
                         f"{shown(old, 60)} and {shown(new, 60)}"
                     )
             continue
-        first[pid] = (i, text, answer, level)
+        first[pid] = (i, text, answer, level, split)
         if cfg.levels and level not in cfg.levels:
             continue
         ids.append(pid)
         prompts.append(text)
         answers.append(answer)
         levels.append(level)
+        splits.append(split)
     if not ids:
         only = f" of levels {cfg.levels}" if cfg.levels else ""
         raise DataError(f"{path}: no prompts{only} in column {cfg.prompt_column!r} (the prompt set is empty)")
-    return pa.table({"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels}, schema=schemas.PROMPTS)
+    table = pa.table({"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels}, schema=schemas.PROMPTS)
+    return table, (splits if cfg.split_column else None)
+
+
+SPLITS = ("train", "heldout")
+
+
+def _split_cell(data: dict[str, list], column: str | None, i: int, path: Path) -> str | None:
+    if column is None:
+        return None
+    value = data[column][i]
+    if value not in SPLITS:
+        raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: a split is train or heldout")
+    return value
 
 
 def _prompt_id(data: dict[str, list], column: str, i: int, path: Path) -> str:
@@ -114,27 +138,87 @@ def is_heldout(prompt_ids: list[str], fraction: float) -> np.ndarray:
 
 
 def split_prompts(cfg: PromptsConfig) -> tuple[pa.Table, pa.Table]:
-    """(train pool, held-out set) of the whole source."""
-    table = read_prompt_source(cfg)
-    held = is_heldout(table.column("prompt_id").to_pylist(), cfg.heldout_fraction)
+    """(train pool, held-out set) of the whole source: by prompts.split_column when set, else by prompt_id hash.
+    With a split column a prompt text on both sides is refused: a held-out problem must never be trained on,
+    whatever its id. (The hash split of a source that repeats a text under two ids, as review openings do, may
+    put it on both sides; `split_record` counts them.)"""
+    table, splits = read_prompt_splits(cfg)
+    if splits is not None:
+        held = np.array([s == "heldout" for s in splits], dtype=bool)
+    else:
+        held = is_heldout(table.column("prompt_id").to_pylist(), cfg.heldout_fraction)
     train, heldout = table.filter(pa.array(~held)), table.filter(pa.array(held))
     if train.num_rows == 0:
-        raise DataError(
-            f"{cfg.path}: all {table.num_rows} prompts fall in the held-out split (prompts.heldout_fraction)"
-        )
+        how = f"prompts.split_column={cfg.split_column!r}" if splits is not None else "prompts.heldout_fraction"
+        raise DataError(f"{cfg.path}: all {table.num_rows} prompts fall in the held-out split ({how})")
+    train_texts = dict(zip(train["prompt"].to_pylist(), train["prompt_id"].to_pylist(), strict=True))
+    for pid, text in zip(heldout["prompt_id"].to_pylist(), heldout["prompt"].to_pylist(), strict=True):
+        if splits is not None and text in train_texts:
+            raise DataError(
+                f"{cfg.path}: the prompt {shown(text, 60)} is both held out ({cfg.id_column or 'prompt_id'}={pid!r}) "
+                f"and in the train pool (id {train_texts[text]!r}): held-out prompts must never be trained on"
+            )
     return train, heldout
 
 
+def split_record(cfg: PromptsConfig) -> dict:
+    """What a manifest records of the train / held-out split: how it was made, its sizes, digests of each side's
+    ids, and the overlap checked (always 0: `split_prompts` refuses any). A generated source's own record (the
+    seeds it was made from, `raft-data gym`) is copied in."""
+    train, heldout = split_prompts(cfg)
+    train_ids, heldout_ids = train["prompt_id"].to_pylist(), heldout["prompt_id"].to_pylist()
+    record: dict = {
+        "by": f"column {cfg.split_column}" if cfg.split_column else f"prompt_id hash, fraction {cfg.heldout_fraction}",
+        "n_train": len(train_ids),
+        "n_heldout": len(heldout_ids),
+        "train_levels": cfg.train_levels or None,  # the levels rounds draw from (None: all)
+        "train_ids_sha256": hash_id(json.dumps(sorted(train_ids))),
+        "heldout_ids_sha256": hash_id(json.dumps(sorted(heldout_ids))),
+        "shared_ids": len(set(train_ids) & set(heldout_ids)),
+        "shared_prompts": len(set(train["prompt"].to_pylist()) & set(heldout["prompt"].to_pylist())),
+    }
+    source = Path(cfg.path)
+    sidecar = source.with_name(source.name + ".manifest.json")
+    if sidecar.is_file():
+        try:
+            record["source"] = json.loads(sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{sidecar} cannot be read as JSON: {e}") from None
+    return record
+
+
 def draw_round_prompts(cfg: PromptsConfig, seed: int, round_idx: int, levels: list[str] | None = None) -> pa.Table:
-    """The round's b prompts from the train pool (of `levels` only, when given), without replacement, seeded by
-    (seed, round)."""
+    """The round's b prompts from the train pool (of prompts.train_levels, and of `levels` too when given), without
+    replacement, seeded by (seed, round)."""
     train, _ = split_prompts(cfg)
-    if levels is not None:
-        train = train.filter(pa.array([lv in levels for lv in train["level"].to_pylist()]))
+    for only in (cfg.train_levels or None, levels):
+        if only is not None:
+            train = train.filter(pa.array([lv in only for lv in train["level"].to_pylist()], pa.bool_()))
+    if train.num_rows == 0:
+        raise DataError(f"{cfg.path}: no train prompts of levels {cfg.train_levels or levels} (prompts.train_levels)")
     n = min(cfg.n_prompts, train.num_rows)
     rng = np.random.default_rng([seed, round_idx])
     idx = np.sort(rng.choice(train.num_rows, size=n, replace=False))
     return train.take(pa.array(idx))
+
+
+def across_levels(table: pa.Table, n: int) -> pa.Table:
+    """The first n rows, taken a level at a time in turn (each level's rows in source order), so that a subset of a
+    source written level by level covers every level; without levels, simply the first n rows."""
+    levels = table["level"].to_pylist()
+    if len(set(levels)) <= 1:
+        return table.slice(0, min(n, table.num_rows))
+    queues: dict = {}
+    for i, lv in enumerate(levels):
+        queues.setdefault(lv, []).append(i)
+    order: list[int] = []
+    depth = 0
+    while len(order) < min(n, table.num_rows):
+        for rows in queues.values():
+            if depth < len(rows) and len(order) < n:
+                order.append(rows[depth])
+        depth += 1
+    return table.take(pa.array(sorted(order), pa.int64()))
 
 
 def reference_texts(cfg: Config) -> dict[str, object]:
@@ -148,15 +232,16 @@ def reference_texts(cfg: Config) -> dict[str, object]:
 
 
 def eval_prompts(cfg: Config) -> pa.Table:
-    """The first eval.n_prompts held-out prompts in source order (the held-out split is chosen by id hash, so this
-    is a fixed, unordered subset), with a `reference` column when eval.reference_column is set."""
+    """eval.n_prompts held-out prompts in source order, taken from each level in turn when there are levels (the
+    held-out split is chosen by id hash or by prompts.split_column, so this is a fixed subset), with a `reference`
+    column when eval.reference_column is set."""
     _, heldout = split_prompts(cfg.prompts)
     if heldout.num_rows == 0:
         raise DataError(
             f"{cfg.prompts.path}: no held-out prompts to evaluate on; set prompts.heldout_fraction > 0 "
             f"(now {cfg.prompts.heldout_fraction})"
         )
-    table = heldout.slice(0, min(cfg.eval.n_prompts, heldout.num_rows))
+    table = across_levels(heldout, cfg.eval.n_prompts)
     column = cfg.eval.reference_column
     if column is None:
         return table

@@ -7,6 +7,7 @@ Extraction (`score.extract`):
                  not part of it
     boxed        the content of the last `\\boxed{...}`, braces balanced (`\\boxed{\\frac{1}{2}}` -> `\\frac{1}{2}`)
     answer_line  what follows the last `Answer:` up to the end of its line
+    answer_tag   the content of the last `<answer>...</answer>` (reasoning-gym's convention)
     regex        the last match of `score.extract_regex` (its first group when it has one)
 Matching (`score.match`):
     exact        equal after normalising: surrounding space, `$`, trailing punctuation, case, thousands commas
@@ -62,6 +63,11 @@ def answer_line(text: str) -> str | None:
     return value or None
 
 
+def answer_tag(text: str) -> str | None:
+    found = re.findall(r"<answer>(.*?)</answer>", text, flags=re.DOTALL)
+    return found[-1].strip() if found else None
+
+
 def regex_extractor(pattern: str) -> Callable[[str], str | None]:
     compiled = re.compile(pattern)
 
@@ -80,7 +86,9 @@ def extractor(cfg: ScoreConfig) -> Callable[[str], str | None]:
     """The configured extraction: text -> the answer it states, or None."""
     if cfg.extract == "regex":
         return regex_extractor(cfg.extract_regex or "")
-    return {"last_number": last_number, "boxed": boxed, "answer_line": answer_line}[cfg.extract]
+    return {"last_number": last_number, "boxed": boxed, "answer_line": answer_line, "answer_tag": answer_tag}[
+        cfg.extract
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from raft_data.errors import ConfigError, DataError, shown
 from raft_data.rewards.builtin import BUILTIN, RewardFn
 from raft_data.rewards.checkers import CHECKERS, checker_reward
 from raft_data.rewards.code import CODE_CHECKERS, code_reward
+from raft_data.rewards.gym import NAME as GYM
+from raft_data.rewards.gym import gym_rewards
 from raft_data.rewards.hf import hf_reward
 from raft_data.rewards.judge import judge_reward
 
@@ -41,9 +43,11 @@ def load_reward(name: str, cfg: ScoreConfig | None = None) -> tuple[str, RewardF
         return name, checker_reward(name, cfg or ScoreConfig())
     if name in CODE_CHECKERS:  # code run with its tests in the sandbox
         return name, code_reward(name, cfg or ScoreConfig())
+    if name == GYM:
+        return name, gym_rewards(cfg or ScoreConfig())[0]
     ref = REWARD_REF.fullmatch(name)
     if ref is None:
-        known = ", ".join([*BUILTIN, *CHECKERS, *CODE_CHECKERS])
+        known = ", ".join([*BUILTIN, *CHECKERS, *CODE_CHECKERS, GYM])
         raise ConfigError(
             f"score.reward={shown(name)} is unknown: use one of {known} or an importable module:function "
             "(a dotted module path of Python names, not a file path)"
@@ -97,11 +101,16 @@ def load_components(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | Non
     """The reward's components, each loaded once. A plain `score.reward` string is one component of weight 1.
     `cache_dir` (the experiment folder) holds an LLM judge's answer cache; None keeps no cache on disk."""
     if isinstance(cfg.reward, str):
+        if cfg.reward == GYM:
+            return gym_components(cfg, 1.0)
         name, fn = load_reward(cfg.reward, cfg)
         return [RewardComponent(name, 1.0, fn, {"ref": cfg.reward})]
     components = []
     for c in cfg.reward:
         name = reward_component_name(c)
+        if c.get("ref") == GYM:
+            components += gym_components(cfg, float(c.get("weight", 1.0)))
+            continue
         if c.get("ref"):
             _, fn = load_reward(c["ref"], cfg)
             info = {"ref": c["ref"]}
@@ -122,6 +131,27 @@ def load_components(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | Non
             info = dict(fn.reward_info)
         components.append(RewardComponent(name, float(c.get("weight", 1.0)), fn, info))
     return components
+
+
+def gym_components(cfg: ScoreConfig, weight: float) -> list[RewardComponent]:
+    """The `reasoning_gym` reward: the family's score (the reward, times `weight`) and `correct` beside it with
+    weight 0, the column pass@k and the distinct_correct selection read."""
+    score_fn, correct_fn = gym_rewards(cfg)
+    return [
+        RewardComponent(GYM, weight, score_fn, {"ref": GYM}),
+        RewardComponent("correct", 0.0, correct_fn, {"ref": GYM, "column": "correct"}),
+    ]
+
+
+def correctness(cfg: ScoreConfig) -> Callable[..., list[float]]:
+    """What says a completion is right, `(prompts, completions, answers) -> list[float]` of 1.0 / 0.0: the family's
+    full marks with the `reasoning_gym` reward, else the `correct` checker."""
+    return gym_rewards(cfg)[1] if uses_gym(cfg) else checker_reward("correct", cfg)
+
+
+def uses_gym(cfg: ScoreConfig) -> bool:
+    reward = cfg.reward
+    return reward == GYM or (isinstance(reward, list) and any(c.get("ref") == GYM for c in reward))
 
 
 def reward_values(

@@ -56,9 +56,9 @@ from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
 from raft_data.backends.transformers import prompt_batch_size, transformers_eval_sampler
-from raft_data.config import Config, derived_seed
+from raft_data.config import Config, derived_seed, prompts_hashed
 from raft_data.data.chat import format_prompts
-from raft_data.data.prompts import eval_prompts
+from raft_data.data.prompts import eval_prompts, split_record
 from raft_data.errors import ConfigError, DataError
 from raft_data.models.loading import load_tokenizer, load_tokenizer_and_model, resolve_device
 from raft_data.models.logprobs import (
@@ -68,9 +68,9 @@ from raft_data.models.logprobs import (
     reference_logprobs,
     sequence_logprobs,
 )
-from raft_data.rewards.checkers import checker_reward, extractor, pass_metrics
+from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.code import code_reward, without_majority
-from raft_data.rewards.loading import configured_reward, load_reward, reward_values
+from raft_data.rewards.loading import configured_reward, correctness, load_reward, reward_values, uses_gym
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
 
@@ -373,24 +373,27 @@ def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -
 
 
 def pass_checker(cfg: Config) -> str | None:
-    """The reward's component that says pass or fail (`correct`, else `code_pass`), if any."""
+    """The reward's component that says pass or fail (`correct`: the checker, or reasoning_gym's full marks; else
+    `code_pass`), if any."""
     reward = cfg.score.reward
     refs = [reward] if isinstance(reward, str) else [c.get("ref") for c in reward]
-    return next((name for name in ("correct", "code_pass") if name in refs), None)
+    if "correct" in refs or uses_gym(cfg.score):
+        return "correct"
+    return "code_pass" if "code_pass" in refs else None
 
 
 def uses_checker(cfg: Config) -> bool:
-    """The reward has a `correct` or `code_pass` component: held-out pass@k is measured too."""
+    """The reward has a `correct` (checker or reasoning_gym) or `code_pass` component: held-out pass@k is measured."""
     return pass_checker(cfg) is not None
 
 
 def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict) -> dict:
-    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker), by level;
-    with `code_pass`, pass@k and mixed outcomes of the programs."""
+    """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker, or full marks
+    from the reasoning_gym family's own), by level; with `code_pass`, pass@k and mixed outcomes of the programs."""
     completions = [rows["completion"][i] for i in sampled]
     ids = [rows["prompt_id"][i] for i in sampled]
     code = pass_checker(cfg) == "code_pass"
-    check = code_reward("code_pass", cfg.score) if code else checker_reward("correct", cfg.score)
+    check = code_reward("code_pass", cfg.score) if code else correctness(cfg.score)
     flags = check([], completions, [gold[p] for p in ids])
     found = [None if code else extractor(cfg.score)(c) for c in completions]
     metrics = pass_metrics(
@@ -409,7 +412,7 @@ def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict
     return {
         "eval": cfg.eval.__dict__,
         "model": {**cfg.model.__dict__, "evaluated": model_id},
-        "prompts": cfg.prompts.__dict__,
+        "prompts": prompts_hashed(cfg.prompts),
         "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in ("n_shards", "n_samples")},
         "score": cfg.score.__dict__,
         "seed": cfg.experiment.seed,
@@ -484,7 +487,12 @@ def evaluate_model(
                 "reward_best_of_k": data.get("reward_best_of_k"),
                 "reward_selected": data.get("reward_selected"),
             }
-            extra = {"evaluated": label, "model_path": model_path, "metrics": metrics}
+            extra = {
+                "evaluated": label,
+                "model_path": model_path,
+                "metrics": metrics,
+                "split": split_record(cfg.prompts),
+            }
             if "reference" in prompts.column_names:  # lets each round reuse the baseline's perplexity of these texts
                 extra["reference_digest"] = reference_digest(cfg, prompts["reference"].to_pylist())
             extra["cost"] = storage.shard_costs(folder)
@@ -539,4 +547,7 @@ def format_metrics(m: dict[str, Any]) -> str:
     ks = [k for k in passes if k.startswith(("pass@", "maj@"))]
     if ks:  # held-out pass@1 and the largest k, and majority voting
         line += " | " + " ".join(f"{k} {passes[k]:.3f}" for k in dict.fromkeys([ks[0], *ks[-2:]]))
+    levels = passes.get("by_level") or {}
+    if len(levels) > 1:  # held-out pass@1 of each level (levels trained on and not)
+        line += " | " + " ".join(f"{lv} pass@1 {v['pass@1']:.3f}" for lv, v in levels.items() if "pass@1" in v)
     return line

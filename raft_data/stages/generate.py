@@ -31,13 +31,13 @@ import pyarrow.parquet as pq
 from raft_data import storage
 from raft_data.backends import BACKENDS, ray_data
 from raft_data.backends.base import Completion
-from raft_data.config import Config, config_hash, derived_seed
+from raft_data.config import Config, config_hash, derived_seed, prompts_hashed
 from raft_data.data.chat import FormattedPrompts, context_limit, format_prompts
-from raft_data.data.prompts import draw_round_prompts
+from raft_data.data.prompts import draw_round_prompts, split_record
 from raft_data.data.sources import Source, candidates, file_hash, load_source
 from raft_data.errors import ConfigError, StageError, UserError
 from raft_data.models.loading import load_tokenizer, resolve_device
-from raft_data.rewards.checkers import checker_reward
+from raft_data.rewards.loading import correctness
 from raft_data.storage import schemas
 
 
@@ -222,7 +222,7 @@ def stage_config(cfg: Config, round_idx: int, prompts: pa.Table) -> dict[str, An
     stage_cfg = {
         "experiment": {"name": cfg.experiment.name, "seed": cfg.experiment.seed},
         "model": cfg.model.__dict__,
-        "prompts": cfg.prompts.__dict__,
+        "prompts": prompts_hashed(cfg.prompts),
         # the drawn prompts themselves: an edited prompts file is a new config, never mixed into a resumed round
         "prompts_drawn": config_hash(prompts.to_pydict()),
         "generate": cfg.generate.__dict__,
@@ -462,9 +462,9 @@ def prompts_needing_more(
     prompts: pa.Table, folder: Path, n_shards: int, pass_idx: int, total: int, cfg: Config
 ) -> list[int]:
     """Rows of `prompts` that pass `pass_idx` samples: fewer than generate.adaptive_target correct samples in the
-    passes before it (checked with the `correct` checker of the score section). Read back from the finished
-    shards, so a resumed run chooses the same prompts."""
-    correct = checker_reward("correct", cfg.score)
+    passes before it (checked with the `correct` checker of the score section, or the reasoning_gym family's).
+    Read back from the finished shards, so a resumed run chooses the same prompts."""
+    correct = correctness(cfg.score)
     solved: dict[str, int] = {}
     for shard_idx in range(pass_idx * n_shards):
         path = folder / storage.shard_name(shard_idx, total)
@@ -596,6 +596,7 @@ def finish(
         "samples_by_pass": samples_by_pass(run.folder, cfg),
         "passes": passes or [{"pass": 0, "settings": pass_settings(cfg.generate.__dict__)}],
         "cost": storage.shard_costs(run.folder),
+        "split": split_record(cfg.prompts),  # the train pool drawn from, checked apart from the held-out set
     }
     inputs = {"prompts": str(prompts_path)}
     inputs.update({f"source:{s['name']}": s["path"] for s in cfg.generate.extra_sources})

