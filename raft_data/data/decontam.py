@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from raft_data.config import Config
 from raft_data.data.prompts import reference_texts, split_prompts
-from raft_data.data.readers import MAX_FIELD_CHARS, MAX_LINE_BYTES, read_columns
+from raft_data.data.readers import MAX_FIELD_CHARS, read_columns, text_lines
 from raft_data.errors import DataError, shown
 
 EVAL_TEXTS = pa.schema([("source", pa.string()), ("text", pa.string())])
@@ -22,22 +22,7 @@ EVAL_TEXTS = pa.schema([("source", pa.string()), ("text", pa.string())])
 
 def read_text_lines(path: Path) -> list[str]:
     """Every non-empty line of a UTF-8 text file, one evaluation text each."""
-    lines = []
-    with open(path, "rb") as f:
-        line_no = 0
-        while raw := f.readline(MAX_LINE_BYTES + 1):
-            line_no += 1
-            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                raise DataError(
-                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES:,} bytes (decontam.eval_files)"
-                )
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
-            except UnicodeDecodeError:
-                raise DataError(f"{path}: line {line_no} is not valid UTF-8 text (decontam.eval_files)") from None
-            if line:
-                lines.append(line[:MAX_FIELD_CHARS])
-    return lines
+    return [line[:MAX_FIELD_CHARS] for _, line in text_lines(path, "decontam.eval_files") if line]
 
 
 def read_eval_file(path: str, column: str) -> list[str]:

@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,37 +77,44 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_jsonl(path: Path, columns: list[str]) -> dict[str, list]:
-    out: dict[str, list] = {c: [] for c in columns}
+def text_lines(path: Path, setting: str = "") -> Iterator[tuple[int, str]]:
+    """(line number, line without surrounding white space) of a UTF-8 text file, read line by line within the
+    limit of one line; `setting` names the setting that pointed at the file, in the errors."""
+    where = f" ({setting})" if setting else ""
     with open(path, "rb") as f:
         line_no = 0
         while raw := f.readline(MAX_LINE_BYTES + 1):
             line_no += 1
             if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
                 raise DataError(
-                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES:,} bytes, the limit of one line"
+                    f"{path}: line {line_no} is longer than {MAX_LINE_BYTES:,} bytes, the limit of one line{where}"
                 )
             try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
+                yield line_no, raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()
             except UnicodeDecodeError:
-                raise DataError(f"{path}: line {line_no} is not valid UTF-8 text") from None
-            if not line:
-                continue
-            if json_depth(line) > MAX_DEPTH:
-                raise DataError(f"{path}: line {line_no} nests lists or objects more than {MAX_DEPTH} deep")
-            try:
-                row = json.loads(line, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constant)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg})") from None
-            except ValueError as e:  # a key twice, NaN, an integer of more than 4300 digits
-                raise DataError(f"{path}: line {line_no} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}: line {line_no} is not a JSON object")
-            for c in columns:
-                if c not in row:
-                    fields = ", ".join(k[:40] for k in list(row)[:20])
-                    raise DataError(f"{path}: line {line_no} has no field {c!r} (fields: {fields})")
-                out[c].append(check_cell(row[c], f"{path}: line {line_no} field {c!r}"))
+                raise DataError(f"{path}: line {line_no} is not valid UTF-8 text{where}") from None
+
+
+def read_jsonl(path: Path, columns: list[str]) -> dict[str, list]:
+    out: dict[str, list] = {c: [] for c in columns}
+    for line_no, line in text_lines(path):
+        if not line:
+            continue
+        if json_depth(line) > MAX_DEPTH:
+            raise DataError(f"{path}: line {line_no} nests lists or objects more than {MAX_DEPTH} deep")
+        try:
+            row = json.loads(line, object_pairs_hook=_object_without_duplicates, parse_constant=_no_constant)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {line_no} is not valid JSON ({e.msg})") from None
+        except ValueError as e:  # a key twice, NaN, an integer of more than 4300 digits
+            raise DataError(f"{path}: line {line_no} is not valid JSON ({str(e).splitlines()[0][:200]})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: line {line_no} is not a JSON object")
+        for c in columns:
+            if c not in row:
+                fields = ", ".join(k[:40] for k in list(row)[:20])
+                raise DataError(f"{path}: line {line_no} has no field {c!r} (fields: {fields})")
+            out[c].append(check_cell(row[c], f"{path}: line {line_no} field {c!r}"))
     return out
 
 

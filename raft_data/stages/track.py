@@ -68,11 +68,7 @@ def _manifest(cfg: Config, round_idx: int, stage: str) -> dict[str, Any] | None:
 
 def finished_rounds(cfg: Config) -> list[int]:
     """The rounds whose selection is finished (the least a round needs to be logged), in order."""
-    found = []
-    for rdir in sorted(storage.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
-        if (rdir / storage.STAGE_FOLDERS["select"] / "manifest.json").exists():
-            found.append(int(rdir.name.split("-")[1]))
-    return found
+    return storage.rounds_with(cfg, "select")
 
 
 def kept_and_rejected(cfg: Config, round_idx: int) -> list[dict[str, Any]]:

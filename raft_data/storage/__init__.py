@@ -24,6 +24,7 @@ from raft_data.storage.layout import (
     baseline_dir,
     experiment_dir,
     round_dir,
+    rounds_with,
     shard_files,
     shard_name,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "remove_tree",
     "round_cost",
     "round_dir",
+    "rounds_with",
     "row_keys",
     "round_wall_time",
     "run_dataset",

@@ -47,6 +47,15 @@ def round_dir(cfg: Config, round_idx: int) -> Path:
     return experiment_dir(cfg) / f"round-{round_idx:04d}"
 
 
+def rounds_with(cfg: Config, stage: str) -> list[int]:
+    """The rounds, in order, whose `stage` has written its manifest."""
+    found = []
+    for rdir in sorted(experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
+        if (rdir / STAGE_FOLDERS[stage] / "manifest.json").exists():
+            found.append(int(rdir.name.split("-")[1]))
+    return found
+
+
 def shard_name(shard_idx: int, n_shards: int) -> str:
     return f"shard-{shard_idx:05d}-of-{n_shards:05d}.parquet"
 

@@ -39,15 +39,6 @@ def experiment_config_hash(cfg: Config) -> str:
     return config_hash({k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED})
 
 
-def selected_rounds(cfg: Config) -> list[int]:
-    """Every round whose selection is finished, in order."""
-    found = []
-    for rdir in sorted(storage.experiment_dir(cfg).glob("round-[0-9][0-9][0-9][0-9]")):
-        if (rdir / storage.STAGE_FOLDERS["select"] / "manifest.json").exists():
-            found.append(int(rdir.name.split("-")[1]))
-    return found
-
-
 def _optional(cfg: Config, round_idx: int, stage: str) -> dict[str, Any] | None:
     path = storage.round_dir(cfg, round_idx) / storage.STAGE_FOLDERS[stage] / "manifest.json"
     return storage.read_json(path) if path.exists() else None
@@ -239,7 +230,7 @@ def export_dataset(
     with a dataset card; returns `out`."""
     import datasets
 
-    rounds = selected_rounds(cfg) if rounds is None else rounds
+    rounds = storage.rounds_with(cfg, "select") if rounds is None else rounds
     if not rounds:
         raise StageError(
             f"{storage.experiment_dir(cfg)} has no finished selection to export: run `raft-data select --round 0`"
