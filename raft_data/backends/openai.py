@@ -36,16 +36,22 @@ MAX_BACKOFF_S = 60.0
 RETRYABLE_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
 
 
+def endpoint(api_base: str, kind: str, api_key_env: str | None, setting: str) -> tuple[str, dict[str, str]]:
+    """The URL of a `chat` or `completions` endpoint under `api_base`, and the request headers (a bearer key from
+    the environment variable `api_key_env`, named by `setting` when it is unset)."""
+    url = api_base.rstrip("/") + ("/chat/completions" if kind == "chat" else "/completions")
+    headers = {"Content-Type": "application/json"}
+    if api_key_env:
+        key = os.environ.get(api_key_env)
+        if not key:
+            raise ConfigError(f"{setting}={api_key_env!r} names an environment variable that is unset")
+        headers["Authorization"] = f"Bearer {key}"
+    return url, headers
+
+
 def openai_backend(model_path: str, model_cfg: ModelConfig, cfg: GenerateConfig) -> SampleFn:
     """Return a `sample` function that asks `cfg.api_base` for K completions of each prompt."""
-    path = "/chat/completions" if cfg.api_endpoint == "chat" else "/completions"
-    url = cfg.api_base.rstrip("/") + path
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise ConfigError(f"generate.api_key_env={cfg.api_key_env!r} names an environment variable that is unset")
-        headers["Authorization"] = f"Bearer {key}"
+    url, headers = endpoint(cfg.api_base, cfg.api_endpoint, cfg.api_key_env, "generate.api_key_env")
     model = cfg.api_model or model_path
 
     def sample(prompts: list[str], seed: int) -> list[list[Completion]]:

@@ -27,6 +27,7 @@ from raft_data.backends.transformers import prompt_batch_size, row_seed, transfo
 from raft_data.backends.vllm import length_capped, platform_defaults, sample_seed, sampling_kwargs
 from raft_data.config import ExecutorConfig, GenerateConfig, ModelConfig
 from raft_data.errors import BackendError, ModelLoadError
+from raft_data.models.checks import check_finite_weights
 from raft_data.models.loading import load_tokenizer_and_model, resolve_device
 from raft_data.storage import SHARD_COLUMN, actor_pool
 
@@ -138,6 +139,7 @@ def vllm_pipeline(
         ) from None
     if not (Path(model_path) / "config.json").is_file():
         raise ModelLoadError(f"model path {model_path!r} is not a model folder (no config.json)")
+    check_finite_weights(model_path)  # as the local vllm backend: an engine would sample from NaN weights silently
     from vllm.platforms import current_platform
 
     engine_kwargs = {

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -31,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from raft_data.backends.openai import post_json
+from raft_data.backends.openai import endpoint, post_json
 from raft_data.config import GenerateConfig, JudgeConfig
-from raft_data.errors import BackendError, ConfigError
+from raft_data.errors import BackendError
 
 CACHE_FILE = "judge-cache.sqlite"
 
@@ -177,13 +176,7 @@ def answer_text(response: dict[str, Any], cfg: JudgeConfig, url: str) -> str:
 def judge_reward(cfg: JudgeConfig, cache_dir: Path | None = None) -> Callable[[list[str], list[str]], list[float]]:
     """The judge as a reward `(prompts, completions) -> list[float]`; answers cached under `cache_dir` (the
     experiment folder) when `cfg.cache` is set. `fn.stats` counts requests sent and answers found in the cache."""
-    url = cfg.api_base.rstrip("/") + ("/chat/completions" if cfg.endpoint == "chat" else "/completions")
-    headers = {"Content-Type": "application/json"}
-    if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env)
-        if not key:
-            raise ConfigError(f"judge.api_key_env={cfg.api_key_env!r} names an environment variable that is unset")
-        headers["Authorization"] = f"Bearer {key}"
+    url, headers = endpoint(cfg.api_base, cfg.endpoint, cfg.api_key_env, "judge.api_key_env")
     # post_json reads its retry settings from a generate config
     retries = dataclasses.replace(
         GenerateConfig(), api_timeout_s=cfg.timeout_s, api_max_retries=cfg.max_retries, api_backoff_s=cfg.backoff_s
