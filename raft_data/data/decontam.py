@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from raft_data.config import Config
-from raft_data.data.prompts import reference_texts, split_prompts
+from raft_data.data.prompts import file_references, reference_texts, split_prompts
 from raft_data.data.readers import MAX_FIELD_CHARS, read_columns, text_lines
 from raft_data.errors import DataError, shown
 
@@ -58,7 +58,11 @@ def eval_texts(cfg: Config) -> pa.Table:
         prompts = heldout["prompt"].to_pylist()
         sources += ["heldout prompts"] * len(prompts)
         texts += prompts
-        if cfg.eval.reference_column is not None and heldout.num_rows:
+        if cfg.eval.reference_file is not None:
+            refs = file_references(cfg, min(cfg.eval.n_prompts, heldout.num_rows))
+            sources += [f"eval.reference_file {cfg.eval.reference_file}"] * len(refs)
+            texts += refs
+        elif cfg.eval.reference_column is not None and heldout.num_rows:
             by_id = reference_texts(cfg)
             refs = [by_id.get(pid) for pid in heldout["prompt_id"].to_pylist()]
             refs = [r for r in refs if isinstance(r, str) and r.strip()]
@@ -76,7 +80,9 @@ def eval_sources(cfg: Config) -> list[str]:
     names = []
     if cfg.decontam.heldout and cfg.prompts.heldout_fraction > 0:
         names.append("heldout prompts")
-        if cfg.eval.reference_column is not None:
+        if cfg.eval.reference_file is not None:
+            names.append(f"eval.reference_file {cfg.eval.reference_file}")
+        elif cfg.eval.reference_column is not None:
             names.append(f"heldout {cfg.eval.reference_column}")
     return names + list(cfg.decontam.eval_files)
 

@@ -35,9 +35,9 @@ def _is_messages(value: object) -> bool:
 
 
 def read_prompt_source(cfg: PromptsConfig) -> pa.Table:
-    """All prompts of the source as (prompt_id, prompt, answer, level), in source order, deduplicated by prompt_id.
-    `answer` and `level` are null unless prompts.answer_column / level_column name them. A prompt id given twice must
-    come with the same prompt, answer and level both times."""
+    """All prompts of the source as (prompt_id, prompt, answer, level, task), in source order, deduplicated by
+    prompt_id. `answer`, `level` and `task` are null unless prompts.answer_column / level_column / task_column name
+    them. A prompt id given twice must come with the same prompt, answer, level and task both times."""
     return read_prompt_splits(cfg)[0]
 
 
@@ -45,7 +45,7 @@ def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
     """`read_prompt_source`'s table and each row's split (train | heldout) from prompts.split_column, or None when
     that is not set."""
     path = Path(cfg.path)
-    extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column, cfg.split_column) if c]
+    extra = [c for c in (cfg.id_column, cfg.answer_column, cfg.level_column, cfg.split_column, cfg.task_column) if c]
     columns = list(dict.fromkeys([cfg.prompt_column, *extra]))
     data = read_columns(cfg.path, columns, cfg.split)
 
@@ -54,7 +54,8 @@ def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
     answers: list[str | None] = []
     levels: list[str | None] = []
     splits: list[str] = []
-    first: dict[str, tuple] = {}  # prompt_id -> (row, prompt, answer, level, split)
+    tasks: list[str | None] = []
+    first: dict[str, tuple] = {}  # prompt_id -> (row, prompt, answer, level, split, task)
     for i, text in enumerate(data[cfg.prompt_column]):
         if _is_messages(text):  # a conversation: kept as JSON text, rendered by generate.chat_template
             text = json.dumps([{"role": m["role"], "content": m["content"]} for m in text], ensure_ascii=False)
@@ -66,10 +67,11 @@ def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
         answer = _text_cell(data, cfg.answer_column, i, path, required=True)
         level = _text_cell(data, cfg.level_column, i, path, required=False)
         split = _split_cell(data, cfg.split_column, i, path)
+        task = _text_cell(data, cfg.task_column, i, path, required=True, need="a task")
         if pid in first:
             row, *before = first[pid]
             for what, old, new in zip(
-                ("prompt", "answer", "level", "split"), before, (text, answer, level, split), strict=True
+                ("prompt", "answer", "level", "split", "task"), before, (text, answer, level, split, task), strict=True
             ):
                 if old != new:
                     name = f"{cfg.id_column}={pid!r}" if cfg.id_column else f"the prompt {text[:40]!r}"
@@ -78,7 +80,7 @@ def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
                         f"{shown(old, 60)} and {shown(new, 60)}"
                     )
             continue
-        first[pid] = (i, text, answer, level, split)
+        first[pid] = (i, text, answer, level, split, task)
         if cfg.levels and level not in cfg.levels:
             continue
         ids.append(pid)
@@ -86,10 +88,12 @@ def read_prompt_splits(cfg: PromptsConfig) -> tuple[pa.Table, list[str] | None]:
         answers.append(answer)
         levels.append(level)
         splits.append(split)
+        tasks.append(task)
     if not ids:
         only = f" of levels {cfg.levels}" if cfg.levels else ""
         raise DataError(f"{path}: no prompts{only} in column {cfg.prompt_column!r} (the prompt set is empty)")
-    table = pa.table({"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels}, schema=schemas.PROMPTS)
+    columns = {"prompt_id": ids, "prompt": prompts, "answer": answers, "level": levels, "task": tasks}
+    table = pa.table(columns, schema=schemas.PROMPTS)
     return table, (splits if cfg.split_column else None)
 
 
@@ -114,15 +118,17 @@ def _prompt_id(data: dict[str, list], column: str, i: int, path: Path) -> str:
     return str(value)
 
 
-def _text_cell(data: dict[str, list], column: str | None, i: int, path: Path, required: bool) -> str | None:
-    """Row i of an answer or level column as text: text, or a number written as it reads (12, 0.5); empty is
-    missing. true/false, lists and objects are not answers."""
+def _text_cell(
+    data: dict[str, list], column: str | None, i: int, path: Path, required: bool, need: str = "an answer"
+) -> str | None:
+    """Row i of an answer, level or task column as text: text, or a number written as it reads (12, 0.5); empty is
+    missing (refused when `required`: every prompt needs `need`). true/false, lists and objects are not answers."""
     if column is None:
         return None
     value = data[column][i]
     if value is None or (isinstance(value, str) and not value.strip()):
         if required:
-            raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: every prompt needs an answer")
+            raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: every prompt needs {need}")
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"{path}: row {i} field {column!r} is {shown(value)}: expected text or a number")
@@ -231,6 +237,19 @@ def reference_texts(cfg: Config) -> dict[str, object]:
     return dict(zip(ids, data[column], strict=True))
 
 
+def file_references(cfg: Config, n: int) -> list[str]:
+    """The first n texts of eval.reference_file's column eval.reference_column, in file order (empty ones
+    skipped)."""
+    path, column = cfg.eval.reference_file, cfg.eval.reference_column
+    values = read_columns(path, [column], field="eval.reference_file")[column]
+    texts = [v for v in values if isinstance(v, str) and v.strip()]
+    if len(texts) < n:
+        raise DataError(
+            f"{path}: eval.reference_file has {len(texts)} texts in column {column!r}, fewer than the {n} eval prompts"
+        )
+    return texts[:n]
+
+
 def eval_prompts(cfg: Config) -> pa.Table:
     """eval.n_prompts held-out prompts in source order, taken from each level in turn when there are levels (the
     held-out split is chosen by id hash or by prompts.split_column, so this is a fixed subset), with a `reference`
@@ -245,6 +264,9 @@ def eval_prompts(cfg: Config) -> pa.Table:
     column = cfg.eval.reference_column
     if column is None:
         return table
+    if cfg.eval.reference_file is not None:
+        refs = file_references(cfg, table.num_rows)
+        return table.append_column("reference", pa.array(refs, pa.string()))
     by_id = reference_texts(cfg)
     refs = []
     for pid in table["prompt_id"].to_pylist():

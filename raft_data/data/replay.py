@@ -32,7 +32,13 @@ def n_replay(fraction: float, n_selected: int) -> int:
 
 
 def replay_references(cfg: Config) -> dict[str, object]:
-    """The reference texts replay draws from; replay needs eval.reference_column."""
+    """The reference texts replay draws from; replay needs eval.reference_column of the prompts source."""
+    if cfg.eval.reference_file is not None:
+        raise ConfigError(
+            f"rounds.replay_fraction={cfg.rounds.replay_fraction!r} draws reference texts of training prompts, but "
+            f"eval.reference_file={cfg.eval.reference_file!r} holds texts of no prompt: set eval.reference_column to "
+            "a column of the prompts source instead"
+        )
     if cfg.eval.reference_column is None:
         raise ConfigError(
             f"rounds.replay_fraction={cfg.rounds.replay_fraction!r} needs eval.reference_column: the column of the "
@@ -77,8 +83,8 @@ def replay_settings(cfg: Config) -> dict[str, object]:
             f"rounds.replay_fraction={cfg.rounds.replay_fraction!r} needs select.format=prompt_completion "
             f"(now {cfg.select.format}): replay rows are prompt/completion text"
         )
-    if cfg.eval.reference_column is None:
-        replay_references(cfg)  # raises the ConfigError that names the missing column
+    if cfg.eval.reference_column is None or cfg.eval.reference_file is not None:
+        replay_references(cfg)  # raises the ConfigError that names what is missing
     p = cfg.prompts
     return {
         "fraction": cfg.rounds.replay_fraction,

@@ -255,8 +255,8 @@ def majority_correct(extracted: list[str | None], correct: list[bool]) -> bool:
 
 def pass_metrics(rows: list[dict]) -> dict:
     """pass@k for k = 1, 2, 4, ... up to the smallest per-prompt sample count, maj@k at that k, and the share of
-    prompts with mixed outcomes, over all prompts and by level. `rows`: prompt_id, level, correct (bool),
-    extracted (str | None), one per sample, in sample order."""
+    prompts with mixed outcomes, over all prompts, by level and by task. `rows`: prompt_id, level, correct (bool),
+    extracted (str | None), and task where rows have one, one per sample, in sample order."""
     by_prompt: dict[str, list[dict]] = {}
     for row in rows:
         by_prompt.setdefault(row["prompt_id"], []).append(row)
@@ -278,7 +278,8 @@ def pass_metrics(rows: list[dict]) -> dict:
 
     groups = list(by_prompt.values())
     result = summary(groups)
-    levels = sorted({p[0].get("level") for p in groups if p[0].get("level") is not None})
-    if levels:
-        result["by_level"] = {lv: summary([p for p in groups if p[0].get("level") == lv]) for lv in levels}
+    for key, name in (("level", "by_level"), ("task", "by_task")):
+        values = sorted({p[0].get(key) for p in groups if p[0].get(key) is not None})
+        if values:
+            result[name] = {v: summary([p for p in groups if p[0].get(key) == v]) for v in values}
     return result

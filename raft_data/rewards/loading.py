@@ -133,6 +133,27 @@ def load_components(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | Non
     return components
 
 
+def load_routes(
+    cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | None = None
+) -> dict[str | None, list[RewardComponent]]:
+    """Each task's reward components (score.tasks, for the rows of that task), or {None: the one reward of every
+    row} without tasks."""
+    if not cfg.tasks:
+        return {None: load_components(cfg, device, cache_dir)}
+    routes: dict[str | None, list[RewardComponent]] = {}
+    for task in cfg.tasks:
+        try:
+            routes[task] = load_components(cfg.for_task(task), device, cache_dir)
+        except ConfigError as e:
+            raise ConfigError(f"score.tasks.{task}: {e}") from e.__cause__
+    return routes
+
+
+def route_names(routes: dict[str | None, list[RewardComponent]]) -> list[str]:
+    """Every component column of the routes, in order of first appearance."""
+    return list(dict.fromkeys(c.name for components in routes.values() for c in components))
+
+
 def gym_components(cfg: ScoreConfig, weight: float) -> list[RewardComponent]:
     """The `reasoning_gym` reward: the family's score (the reward, times `weight`) and `correct` beside it with
     weight 0, the column pass@k and the distinct_correct selection read."""
@@ -226,3 +247,36 @@ def configured_reward(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | N
         return combine(components, values)
 
     return reward
+
+
+def routed_reward(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | None = None) -> Callable[..., list[float]]:
+    """`configured_reward` of each task of score.tasks, as one function of (prompts, completions, answers, tasks)
+    that scores each row with its own task's reward; without score.tasks, the one reward of every row."""
+    scores = {task: cfg.for_task(task) for task in cfg.tasks} or {None: cfg}
+    fns = {task: configured_reward(score, device, cache_dir) for task, score in scores.items()}
+
+    def reward(
+        prompts: list[str], completions: list[str], answers: list | None = None, tasks: list | None = None
+    ) -> list[float]:
+        def call(fn: Callable, at: list[int]) -> list[float]:
+            gold = None if answers is None else [answers[i] for i in at]
+            return fn([prompts[i] for i in at], [completions[i] for i in at], gold)
+
+        return by_task(fns, tasks if tasks is not None else [None] * len(prompts), call)
+
+    return reward
+
+
+def by_task(fns: dict, tasks: list, call: Callable[[Any, list[int]], list]) -> list:
+    """`call(fn, rows)` for each task's function over that task's rows (`fns` keyed by task; {None: fn} without
+    tasks), the values put back in row order."""
+    out: list = [None] * len(tasks)
+    unknown = [t for t in tasks if t not in fns] if None not in fns else []
+    if unknown:
+        raise DataError(f"a prompt's task is {shown(unknown[0])}: score.tasks lists {', '.join(map(str, fns))}")
+    for task, fn in fns.items():
+        at = [i for i, t in enumerate(tasks) if t == task or None in fns]
+        if at:
+            for i, value in zip(at, call(fn, at), strict=True):
+                out[i] = value
+    return out

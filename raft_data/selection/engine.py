@@ -177,7 +177,12 @@ def connect(cfg: Config, rounds: list[int], threads: int | None = None) -> duckd
     con.read_parquet([str(p) for p in score_files], filename=True, union_by_name=True).create_view("score_files")
     # Columns that only checkable-answer rounds have (and rounds written before they existed lack) read as null, so
     # one set of views serves every round.
-    with_columns(con, "sample_files", "raw_samples", {"answer": "varchar", "level": "varchar", "error": "varchar"})
+    with_columns(
+        con,
+        "sample_files",
+        "raw_samples",
+        {"answer": "varchar", "level": "varchar", "task": "varchar", "error": "varchar"},
+    )
     with_columns(con, "score_files", "raw_scores", {"correct": "double", "extracted": "varchar", "error": "varchar"})
     return con
 
@@ -298,11 +303,33 @@ def dropped_counts(con: duckdb.DuckDBPyConnection, cfg: Config) -> dict[str, int
 # Checks and output forms
 
 
+def has_quotas(cfg: Config) -> bool:
+    return bool(cfg.select.task_quota or cfg.select.level_quota)
+
+
+def apply_quotas(con: duckdb.DuckDBPyConnection, table: pa.Table, cfg: Config) -> pa.Table:
+    """The strategy's selection within select.task_quota and select.level_quota (views/quotas.sql)."""
+    caps = [("task", str(k), v) for k, v in cfg.select.task_quota.items()]
+    caps += [("level", str(k), v) for k, v in cfg.select.level_quota.items()]
+    quota_caps = pa.table(
+        {"kind": [c[0] for c in caps], "name": [c[1] for c in caps], "cap": pa.array([c[2] for c in caps], pa.int64())}
+    )
+    con.register("strategy_rows", table)
+    con.register("quota_caps", quota_caps)
+    try:
+        return con.sql(view_sql("quotas")).to_arrow_table().select(table.column_names)
+    finally:
+        con.unregister("strategy_rows")
+        con.unregister("quota_caps")
+
+
 def check_selected(
     con: duckdb.DuckDBPyConnection, table: pa.Table, cfg: Config, params: dict[str, Any], where: str
 ) -> dict[str, int]:
-    """dbt-style data tests on the selected rows; raise before anything is published."""
+    """dbt-style data tests on the selected rows; raise before anything is published. Quotas may leave a prompt
+    with candidates unselected, and keep fewer rows than global_top's alpha."""
     strategy = cfg.select.strategy
+    capped = has_quotas(cfg)
     missing = [name for name in schemas.SELECTED.names if name not in table.column_names]
     if missing:
         raise DataError(f"{where}: the selection has no column {missing[0]!r}; it needs {schemas.SELECTED.names}")
@@ -336,11 +363,11 @@ def check_selected(
     if strategy in ONE_PER_PROMPT:
         if c["n_prompts"] != n_rows:
             raise DataError(f"{where}: the selection repeats a prompt_id ({n_rows} rows, {c['n_prompts']} prompts)")
-        if n_rows != c["n_candidate_prompts"]:
+        if n_rows != c["n_candidate_prompts"] and not capped:
             raise DataError(f"{where}: {n_rows} rows for {c['n_candidate_prompts']} prompts with candidates")
     if strategy in ("top_n_per_prompt", "distinct_correct") and c["max_per_prompt"] > cfg.select.n:
         raise DataError(f"{where}: a prompt has {c['max_per_prompt']} rows, more than select.n={cfg.select.n}")
-    if strategy == "global_top" and n_rows != math.ceil(round(params["alpha"] * c["n_candidates"], 9)):
+    if strategy == "global_top" and not capped and n_rows != math.ceil(round(params["alpha"] * c["n_candidates"], 9)):
         raise DataError(f"{where}: {n_rows} rows, expected alpha={params['alpha']} of {c['n_candidates']}")
     counts = {
         "samples": n_samples,

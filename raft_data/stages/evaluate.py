@@ -56,7 +56,7 @@ from raft_data import storage
 from raft_data.backends import BACKENDS
 from raft_data.backends.base import Completion
 from raft_data.backends.transformers import prompt_batch_size, transformers_eval_sampler
-from raft_data.config import Config, derived_seed, prompts_hashed
+from raft_data.config import Config, ScoreConfig, derived_seed, prompts_hashed
 from raft_data.data.chat import format_prompts
 from raft_data.data.prompts import eval_prompts, split_record
 from raft_data.errors import ConfigError, DataError
@@ -70,7 +70,7 @@ from raft_data.models.logprobs import (
 )
 from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.code import code_reward, without_majority
-from raft_data.rewards.loading import configured_reward, correctness, load_reward, reward_values, uses_gym
+from raft_data.rewards.loading import by_task, correctness, load_reward, reward_values, routed_reward, uses_gym
 from raft_data.selection.engine import METRICS_DIR
 from raft_data.storage import schemas
 
@@ -183,8 +183,9 @@ def measure_shard(
     log-likelihood of each prompt's reference text. Every figure is per row, so the metrics of the whole eval are
     sums over shards (`eval_metrics`), whichever process ran each. `loaded` keeps what this process loaded (the
     model, the base model, the rewards) for its next shard."""
-    if "reward" not in loaded:
-        loaded["reward"] = configured_reward(cfg.score, resolve_device(cfg.score.device), storage.experiment_dir(cfg))
+    if "reward" not in loaded:  # each task's own reward with score.tasks
+        device, cache = resolve_device(cfg.score.device), storage.experiment_dir(cfg)
+        loaded["reward"] = routed_reward(cfg.score, device, cache)
         loaded["second"] = load_reward(cfg.eval.second_reward)[1] if cfg.eval.second_reward else None
     reward_fn, second_fn = loaded["reward"], loaded["second"]
     max_new = cfg.eval.max_new_tokens or cfg.generate.max_new_tokens
@@ -226,7 +227,9 @@ def measure_shard(
     def row(i: int) -> str:
         return f"held-out prompt_id={rows['prompt_id'][i]} ({rows['kind'][i]} completion {rows['sample_idx'][i]})"
 
-    rows["reward"] = reward_fn(rows["prompt"], rows["completion"], [gold.get(p) for p in rows["prompt_id"]])
+    task_of = dict(zip(ids, prompts["task"].to_pylist(), strict=True)) if "task" in prompts.column_names else {}
+    answers, tasks = [gold.get(p) for p in rows["prompt_id"]], [task_of.get(p) for p in rows["prompt_id"]]
+    rows["reward"] = reward_fn(rows["prompt"], rows["completion"], answers, tasks)
     rows["second_reward"] = (
         reward_values(cfg.eval.second_reward, second_fn, rows["prompt"], rows["completion"], row)
         if second_fn
@@ -316,7 +319,8 @@ def eval_metrics(
     gold = dict(zip(ids, prompts["answer"].to_pylist(), strict=True)) if "answer" in prompts.column_names else {}
     if gold and uses_checker(cfg):
         levels = dict(zip(ids, prompts["level"].to_pylist(), strict=True)) if "level" in prompts.column_names else {}
-        metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels)
+        tasks = dict(zip(ids, prompts["task"].to_pylist(), strict=True)) if "task" in prompts.column_names else {}
+        metrics["pass_at_k"] = heldout_pass_metrics(cfg, rows, sampled, gold, levels, tasks)
     return metrics
 
 
@@ -374,10 +378,17 @@ def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -
 
 def pass_checker(cfg: Config) -> str | None:
     """The reward's component that says pass or fail (`correct`: the checker, or reasoning_gym's full marks; else
-    `code_pass`), if any."""
-    reward = cfg.score.reward
+    `code_pass`), if any. With score.tasks: `correct` when any task has one."""
+    if cfg.score.tasks:
+        found = {pass_check_of(cfg.score.for_task(task)) for task in cfg.score.tasks}
+        return "correct" if found - {None} else None
+    return pass_check_of(cfg.score)
+
+
+def pass_check_of(score: ScoreConfig) -> str | None:
+    reward = score.reward
     refs = [reward] if isinstance(reward, str) else [c.get("ref") for c in reward]
-    if "correct" in refs or uses_gym(cfg.score):
+    if "correct" in refs or uses_gym(score):
         return "correct"
     return "code_pass" if "code_pass" in refs else None
 
@@ -387,34 +398,58 @@ def uses_checker(cfg: Config) -> bool:
     return pass_checker(cfg) is not None
 
 
-def heldout_pass_metrics(cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict) -> dict:
+def heldout_pass_metrics(
+    cfg: Config, rows: dict, sampled: list[int], gold: dict, levels: dict, tasks: dict | None = None
+) -> dict:
     """pass@k, maj@k and mixed outcomes of the sampled held-out completions (the `correct` checker, or full marks
-    from the reasoning_gym family's own), by level; with `code_pass`, pass@k and mixed outcomes of the programs."""
+    from the reasoning_gym family's own), by level (and by task, each with its own checker, with score.tasks); with
+    `code_pass`, pass@k and mixed outcomes of the programs (no majority vote: a program has no answer to vote on)."""
     completions = [rows["completion"][i] for i in sampled]
     ids = [rows["prompt_id"][i] for i in sampled]
-    code = pass_checker(cfg) == "code_pass"
-    check = code_reward("code_pass", cfg.score) if code else correctness(cfg.score)
-    flags = check([], completions, [gold[p] for p in ids])
-    found = [None if code else extractor(cfg.score)(c) for c in completions]
+    tasks = tasks or {}
+    scores = {task: cfg.score.for_task(task) for task in cfg.score.tasks} or {None: cfg.score}
+    kinds = {task: pass_check_of(score) for task, score in scores.items()}
+
+    def check(score: ScoreConfig, kind: str | None, at: list[int]) -> list:
+        texts, answers = [completions[i] for i in at], [gold[ids[i]] for i in at]
+        if kind is None:  # a task without a checker: no pass or fail
+            return [(None, None)] * len(at)
+        flags = (code_reward("code_pass", score) if kind == "code_pass" else correctness(score))([], texts, answers)
+        found = [None] * len(at) if kind == "code_pass" else [extractor(score)(c) for c in texts]
+        return list(zip(flags, found, strict=True))
+
+    checked = by_task(
+        {task: (scores[task], kinds[task]) for task in scores},
+        [tasks.get(p) for p in ids],
+        lambda pair, at: check(*pair, at),
+    )
     metrics = pass_metrics(
         [
             {"prompt_id": p, "level": levels.get(p), "correct": ok == 1.0, "extracted": e}
-            for p, ok, e in zip(ids, flags, found, strict=True)
+            | ({"task": tasks[p]} if tasks.get(p) is not None else {})
+            for p, (ok, e) in zip(ids, checked, strict=True)
+            if ok is not None
         ]
     )
-    return without_majority(metrics) if code else metrics
+    code = {task for task, kind in kinds.items() if kind == "code_pass"}
+    if None in code:
+        return without_majority(metrics)
+    for task in code & set(metrics.get("by_task") or {}):
+        metrics["by_task"][task] = without_majority(metrics["by_task"][task])
+    return metrics
 
 
 def eval_stage_config(cfg: Config, model_id: str, round_idx: int | None) -> dict[str, Any]:
     """What an eval's config hash covers. It names the evaluated model (the base model, or the round whose model is
     evaluated; that model's identity is an input) but not the experiment, so two experiments whose baselines have
     the same hash measured the same thing."""
+    later = {"reference_file": None, "tasks": {}}  # added later: hashed only when set, so older evals stay valid
     return {
-        "eval": cfg.eval.__dict__,
+        "eval": {k: v for k, v in cfg.eval.__dict__.items() if k not in later or v != later[k]},
         "model": {**cfg.model.__dict__, "evaluated": model_id},
         "prompts": prompts_hashed(cfg.prompts),
         "generate": {k: v for k, v in cfg.generate.__dict__.items() if k not in ("n_shards", "n_samples")},
-        "score": cfg.score.__dict__,
+        "score": {k: v for k, v in cfg.score.__dict__.items() if k not in later or v != later[k]},
         "seed": cfg.experiment.seed,
         "round": "baseline" if round_idx is None else round_idx,
     }
@@ -547,6 +582,9 @@ def format_metrics(m: dict[str, Any]) -> str:
     ks = [k for k in passes if k.startswith(("pass@", "maj@"))]
     if ks:  # held-out pass@1 and the largest k, and majority voting
         line += " | " + " ".join(f"{k} {passes[k]:.3f}" for k in dict.fromkeys([ks[0], *ks[-2:]]))
+    tasks = passes.get("by_task") or {}
+    if tasks:  # held-out pass@1 of each task of a mixed set
+        line += " | " + " ".join(f"task {t} pass@1 {v['pass@1']:.3f}" for t, v in tasks.items() if "pass@1" in v)
     levels = passes.get("by_level") or {}
     if len(levels) > 1:  # held-out pass@1 of each level (levels trained on and not)
         line += " | " + " ".join(f"{lv} pass@1 {v['pass@1']:.3f}" for lv, v in levels.items() if "pass@1" in v)

@@ -509,6 +509,7 @@ def run_shard(
     keep = [i for i, t in enumerate(texts) if t is not None]
     ids, originals = part["prompt_id"].to_pylist(), part["prompt"].to_pylist()
     answers, levels = part["answer"].to_pylist(), part["level"].to_pylist()
+    tasks = part["task"].to_pylist() if "task" in part.column_names else [None] * part.num_rows
     completions = sample_each([texts[i] for i in keep], sample, seed, cfg.generate.n_samples) if keep else []
     rows: dict[str, list] = {name: [] for name in schemas.SAMPLES.names}
 
@@ -528,6 +529,7 @@ def run_shard(
             ("round", round_idx),
             ("answer", answers[i]),
             ("level", levels[i]),
+            ("task", tasks[i]),
             ("error", error),
             ("pass", 0),
         ):

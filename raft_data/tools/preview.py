@@ -158,7 +158,7 @@ def preview(
         counts = made["counts"]
         print(
             f"\n[generate] {counts.get('samples')} samples of {counts.get('prompts')} prompts "
-            f"({times['generate']:.1f}s); [score] reward {small.score.reward} ({times['score']:.1f}s)"
+            f"({times['generate']:.1f}s); [score] reward {reward_label(small)} ({times['score']:.1f}s)"
         )
         print("\n".join(sample_lines(small, n_show)))
 
@@ -194,3 +194,10 @@ def preview(
         print(f"preview rounds kept in {scratch / cfg.experiment.name}")
         return scratch
     return None
+
+
+def reward_label(cfg: Config) -> str:
+    """The reward as the score line names it: with score.tasks, each task's own."""
+    if not cfg.score.tasks:
+        return str(cfg.score.reward)
+    return "by task: " + ", ".join(f"{t} {cfg.score.for_task(t).reward}" for t in cfg.score.tasks)

@@ -14,9 +14,12 @@ from raft_data.stages.select import decontam_line
 
 
 def format_pass(metrics: dict) -> str:
-    """pass@k, maj@k and mixed outcomes on one line, then each level's pass@1."""
+    """pass@k, maj@k and mixed outcomes on one line, then each task's and each level's pass@1."""
     keys = [k for k in metrics if k.startswith(("pass@", "maj@"))]
     line = " ".join(f"{k} {metrics[k]:.3f}" for k in keys) + f" | mixed {metrics.get('mixed', 0):.2f}"
+    tasks = metrics.get("by_task") or {}
+    if tasks:
+        line += " | " + " ".join(f"task {t} pass@1 {m['pass@1']:.3f}" for t, m in tasks.items())
     levels = metrics.get("by_level") or {}
     if len(levels) > 1:
         line += " | " + " ".join(f"{lv} pass@1 {m['pass@1']:.3f}" for lv, m in levels.items())
@@ -83,6 +86,7 @@ def per_selected(cfg: Config, round_idx: int) -> str:
         f"{cost['seconds_per_selected']:.3f} s",
         f"acceptance {cost['acceptance']:.3f}" if cost["acceptance"] is not None else "",
         " ".join(f"{lv} {rate:.3f}" for lv, rate in cost["acceptance_by_level"].items()),
+        " ".join(f"task {t} {rate:.3f}" for t, rate in (cost.get("acceptance_by_task") or {}).items()),
     ]
     return ", ".join(p for p in parts if p)
 
