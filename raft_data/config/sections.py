@@ -553,6 +553,10 @@ class ScoreConfig:
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
 
+    def by_task(self) -> dict[str | None, ScoreConfig]:
+        """Each task's score settings ({task: for_task(task)}), or {None: this section} without score.tasks."""
+        return {task: self.for_task(task) for task in self.tasks} or {None: self}
+
 
 def reward_component_name(component: dict[str, Any]) -> str:
     """A component's column name: its `name`, else the function or model folder it points at."""

@@ -138,13 +138,13 @@ def load_routes(
 ) -> dict[str | None, list[RewardComponent]]:
     """Each task's reward components (score.tasks, for the rows of that task), or {None: the one reward of every
     row} without tasks."""
-    if not cfg.tasks:
-        return {None: load_components(cfg, device, cache_dir)}
     routes: dict[str | None, list[RewardComponent]] = {}
-    for task in cfg.tasks:
+    for task, score in cfg.by_task().items():
         try:
-            routes[task] = load_components(cfg.for_task(task), device, cache_dir)
+            routes[task] = load_components(score, device, cache_dir)
         except ConfigError as e:
+            if task is None:
+                raise
             raise ConfigError(f"score.tasks.{task}: {e}") from e.__cause__
     return routes
 
@@ -252,8 +252,7 @@ def configured_reward(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | N
 def routed_reward(cfg: ScoreConfig, device: str = "cpu", cache_dir: Path | None = None) -> Callable[..., list[float]]:
     """`configured_reward` of each task of score.tasks, as one function of (prompts, completions, answers, tasks)
     that scores each row with its own task's reward; without score.tasks, the one reward of every row."""
-    scores = {task: cfg.for_task(task) for task in cfg.tasks} or {None: cfg}
-    fns = {task: configured_reward(score, device, cache_dir) for task, score in scores.items()}
+    fns = {task: configured_reward(score, device, cache_dir) for task, score in cfg.by_task().items()}
 
     def reward(
         prompts: list[str], completions: list[str], answers: list | None = None, tasks: list | None = None

@@ -379,10 +379,10 @@ def eval_completions_pass(sample, cfg, texts: list[str], seed: int, kind: str) -
 def pass_checker(cfg: Config) -> str | None:
     """The reward's component that says pass or fail (`correct`: the checker, or reasoning_gym's full marks; else
     `code_pass`), if any. With score.tasks: `correct` when any task has one."""
+    found = {pass_check_of(score) for score in cfg.score.by_task().values()}
     if cfg.score.tasks:
-        found = {pass_check_of(cfg.score.for_task(task)) for task in cfg.score.tasks}
         return "correct" if found - {None} else None
-    return pass_check_of(cfg.score)
+    return found.pop()
 
 
 def pass_check_of(score: ScoreConfig) -> str | None:
@@ -407,7 +407,7 @@ def heldout_pass_metrics(
     completions = [rows["completion"][i] for i in sampled]
     ids = [rows["prompt_id"][i] for i in sampled]
     tasks = tasks or {}
-    scores = {task: cfg.score.for_task(task) for task in cfg.score.tasks} or {None: cfg.score}
+    scores = cfg.score.by_task()
     kinds = {task: pass_check_of(score) for task, score in scores.items()}
 
     def check(score: ScoreConfig, kind: str | None, at: list[int]) -> list:
